@@ -1,0 +1,97 @@
+"""The backend interface: what the ISARA loop needs from a model runtime, and nothing more.
+
+A backend generates text for a batch of prompts, LoRA-trains on (prompt, answer) pairs starting
+from an earlier adapter, and loads an adapter for generation. Rendering, retrieval, filtering and
+bookkeeping live outside, so a new backend is one module.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..errors import IsaraError
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 100
+    temperature: float = 0.8  # 0 means greedy
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+# on_step(step, total_steps, loss, learning_rate, tokens_in_step)
+StepCallback = Callable[[int, int, float, float, int], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]: ...
+
+    def train(self, examples: list[tuple[str, str]], config, learning_rate: float,
+              adapter_in: Path | None, adapter_out: Path, on_step: StepCallback | None = None) -> TrainResult:
+        """LoRA SFT, loss on answer tokens only, EOS appended; continues from adapter_in when given.
+        The trained adapter is written to adapter_out and is loaded afterwards."""
+        ...
+
+    def load(self, adapter: Path | None) -> None:
+        """Generate with this adapter from now on (None: the base model)."""
+        ...
+
+
+BACKENDS = ("torch",)
+
+
+def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0) -> Backend:
+    if name == "auto":
+        name = "torch"
+    if name == "torch":
+        from .torch import TorchBackend
+
+        return TorchBackend(card, threads=threads, device=device, seed=seed)
+    raise IsaraError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+
+
+def default_threads(threads: int = 0) -> int:
+    return threads if threads > 0 else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (plus the peak on the GPU when there is one)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            mb += torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:
+        pass
+    return mb

@@ -1,0 +1,176 @@
+"""Plain PyTorch backend: transformers for generation, PEFT LoRA for training. CPU or CUDA."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from ..errors import IsaraError
+from ..files import atomic_dir, commit_dir
+from ..training import IGNORE, build_example, lr_at, total_steps
+from .base import Generation, Sampling, TrainResult, default_threads
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.threads = default_threads(threads)
+        torch.set_num_threads(self.threads)
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.seed = seed
+        source = card.hf_source()
+        try:
+            self.tok = AutoTokenizer.from_pretrained(source, trust_remote_code=card.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=self.dtype, trust_remote_code=card.trust_remote_code, use_safetensors=True)
+        except OSError as e:
+            raise IsaraError(f"model '{card.name}' could not be loaded from {source}: {str(e).splitlines()[0]}") from None
+        self.model = model.to(self.device).eval()
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.adapter: Path | None = None
+
+    # -- generation ----------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=True)["input_ids"])
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        torch = self.torch
+        self.tok.padding_side = "left"
+        batch = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
+        greedy = sampling.temperature <= 0
+        stop_ids, stop_strings = self._stops(sampling.stop)
+        kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
+                      repetition_penalty=sampling.repetition_penalty, pad_token_id=self.tok.pad_token_id)
+        if not greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        if stop_strings:
+            kwargs.update(stop_strings=stop_strings, tokenizer=self.tok)
+        torch.manual_seed(sampling.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        results = []
+        for i, row in enumerate(new):
+            ids = row.tolist()
+            n = len(ids)
+            for j, t in enumerate(ids):  # generation ends at a stop token / padding
+                if t in stop_ids or t == self.tok.pad_token_id:
+                    n = j
+                    break
+            text = self.tok.decode(ids[:n], skip_special_tokens=False)
+            results.append(Generation(text, int(batch["attention_mask"][i].sum()), n))
+        return results
+
+    def _stops(self, stops) -> tuple[list[int], list[str]]:
+        """Stops that are one token (chat markers) end generation as EOS does, which is cheap;
+        only multi-token stops need transformers' string matching."""
+        ids, strings = [self.tok.eos_token_id], []
+        for s in stops:
+            enc = self.tok(s, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids.append(enc[0])
+            else:
+                strings.append(s)
+        return list(dict.fromkeys(ids)), strings
+
+    # -- adapters ------------------------------------------------------------------------------
+    def _base(self):
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.unload()  # drop the LoRA layers, keep the base weights untouched
+        return self.model
+
+    def load(self, adapter: Path | None) -> None:
+        from peft import PeftModel
+
+        base = self._base()
+        if adapter is not None:
+            if not (Path(adapter) / "adapter_model.safetensors").is_file():
+                raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+            self.model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
+        self.adapter = Path(adapter) if adapter else None
+
+    # -- training ------------------------------------------------------------------------------
+    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        torch = self.torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        base = self._base()
+        if adapter_in is not None:
+            model = PeftModel.from_pretrained(base, str(adapter_in), is_trainable=True)
+        else:
+            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(base, lora)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        model.train()
+
+        eos = self.tok.eos_token_id
+        data = []
+        for prompt, answer in examples:
+            p = self.tok(prompt, add_special_tokens=True)["input_ids"]
+            a = self.tok(answer, add_special_tokens=False)["input_ids"]
+            data.append(build_example(p, a, eos, config.max_length))
+
+        steps = total_steps(len(data), config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        rng = random.Random(self.seed)
+        order: list[int] = []
+        losses, tokens_seen, start = [], 0, time.time()
+        for step in range(steps):
+            lr = lr_at(step, steps, learning_rate, config.warmup_ratio, config.schedule)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            step_loss, step_tokens = 0.0, 0
+            for _ in range(config.grad_accum):
+                if len(order) < config.batch_size:
+                    perm = list(range(len(data)))
+                    rng.shuffle(perm)
+                    order += perm
+                idx, order = order[: config.batch_size], order[config.batch_size:]
+                ids, labels, mask = self._pad([data[i] for i in idx])
+                out = model(input_ids=ids, attention_mask=mask, labels=labels)
+                (out.loss / config.grad_accum).backward()
+                step_loss += out.loss.item() / config.grad_accum
+                step_tokens += int(mask.sum())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            tokens_seen += step_tokens
+            if on_step:
+                on_step(step + 1, steps, step_loss, lr, step_tokens)
+
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        tmp = atomic_dir(Path(adapter_out))
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        commit_dir(tmp, Path(adapter_out))
+        self.model = model.eval()
+        self.adapter = Path(adapter_out)
+        return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
+
+    def _pad(self, batch):
+        torch = self.torch
+        width = max(len(ids) for ids, _ in batch)
+        pad = self.tok.pad_token_id
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (x, y) in enumerate(batch):
+            ids[i, : len(x)] = torch.tensor(x)
+            labels[i, : len(y)] = torch.tensor(y)
+            mask[i, : len(x)] = 1
+        return ids.to(self.device), labels.to(self.device), mask.to(self.device)

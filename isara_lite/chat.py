@@ -1,0 +1,60 @@
+"""`isara chat`: talk to a model, optionally with a run's adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .backends.base import Sampling, create_backend
+from .errors import IsaraError
+from .models import load_card
+from .prompts import Renderer, cut, get_format
+
+
+def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
+    """(model, adapter dir) of a run's last finished iteration, or of the one asked for."""
+    import yaml
+
+    recipe = run / "recipe.yaml"
+    if not recipe.is_file():
+        raise IsaraError(f"{run}: not a run directory (no recipe.yaml)")
+    model = yaml.safe_load(recipe.read_text())["model"]
+    done = sorted(int(p.name.split("_")[1]) for p in run.glob("iter_*") if (p / "adapter").is_dir())
+    if not done:
+        raise IsaraError(f"{run}: no finished iteration with an adapter yet")
+    t = done[-1] if iteration is None else iteration
+    if t not in done:
+        raise IsaraError(f"{run}: iteration {t} has no adapter (finished: {done})")
+    return model, run / f"iter_{t}" / "adapter"
+
+
+def chat(model: str | None, run: Path | None, iteration: int | None, backend: str, prompts: list[str],
+         max_tokens: int, temperature: float, threads: int) -> None:
+    adapter = None
+    if run is not None:
+        run_model, adapter = run_adapter(run, iteration)
+        model = model or run_model
+    card = load_card(model or "smollm2-135m-instruct")
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    b = create_backend(backend, card, threads=threads)
+    b.load(adapter)
+    out = Console()
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, stop=renderer.fmt.stops)
+
+    def answer(q: str) -> str:
+        return cut(b.generate([renderer.chat_prompt(q)], sampling)[0].text)
+
+    if prompts:  # one-shot, for scripts
+        for q in prompts:
+            out.print(answer(q), highlight=False)
+        return
+    out.print(f"[bold]{card.name}[/]" + (f" + {adapter}" if adapter else "") + "  (empty line or Ctrl-D quits)")
+    while True:
+        try:
+            q = input("> ").strip()
+        except EOFError:
+            break
+        if not q:
+            break
+        out.print(answer(q), highlight=False)

@@ -1,0 +1,84 @@
+"""The `isara` command: parses arguments and hands each command to one function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import IsaraError
+
+
+@click.group()
+@click.version_option(package_name="isara_lite")
+def cli():
+    """ISARA self-alignment from a few dozen seed pairs."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key, e.g. training.epochs=2")
+@click.option("--model", help="model card name, .gguf, local dir or hub id")
+@click.option("--backend", help="backend (torch)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/<name>)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
+def align(recipe, overrides, model, backend, out, resume):
+    """Run the ISARA loop described by RECIPE."""
+    from .loop import align as run_align
+    from .recipe import load_recipe
+
+    extra = [f"model={model}"] if model else []
+    extra += [f"backend={backend}"] if backend else []
+    r = load_recipe(recipe, [*overrides, *extra])
+    run_align(r, out or Path("runs") / r.name, resume=resume)
+
+
+@cli.command()
+def models():
+    """List the model cards and whether each is available here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models import list_cards
+
+    t = Table(title="model cards (models/)")
+    for col in ["name", "format", "license", "available", "where / how to get it"]:
+        t.add_column(col)
+    for card in list_cards():
+        ok, how = card.available()
+        t.add_row(card.name, card.chat_format, card.license, "yes" if ok else "no", how)
+    Console().print(t)
+
+
+@cli.command()
+@click.option("--model", help="model card name, .gguf, local dir or hub id")
+@click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path), help="a run directory: use its adapter")
+@click.option("--iteration", type=int, help="which iteration's adapter (default: the last)")
+@click.option("--backend", default="torch", show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="answer these and exit instead of chatting")
+@click.option("--max-tokens", default=200, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy")
+@click.option("--threads", default=0, help="CPU threads (0: all)")
+def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threads):
+    """Talk to a model, or to the model a run produced."""
+    from .chat import chat as run_chat
+
+    run_chat(model, run, iteration, backend, list(prompts), max_tokens, temperature, threads)
+
+
+def main():
+    try:
+        cli.main(standalone_mode=False)
+    except IsaraError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished work is saved; continue with `isara align RECIPE --resume`", err=True)
+        sys.exit(130)

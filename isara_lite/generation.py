@@ -1,0 +1,98 @@
+"""ISARA steps 1-2: new questions by ICL from random demonstrations, answers by ICL from
+demonstrations retrieved by question similarity. No instruction text anywhere.
+
+Demonstrations per prompt: one from each earlier iteration's pool, the rest from the seeds.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+from .backends.base import Sampling
+from .data import Sample
+from .prompts import cut
+
+
+def demo_counts(k: int, n_pools: int) -> list[int]:
+    """How many demos each pool gives: pools[0] (the seeds) fills what the others leave."""
+    rest = [1 if n else 0 for n in range(1, n_pools)]
+    return [k - sum(rest)] + rest
+
+
+def _fit(render, demos, count_tokens, budget: int) -> list:
+    """Add demos one by one, keeping each only while the rendered prompt stays within budget."""
+    chosen = []
+    for d in demos:
+        if count_tokens(render(chosen + [d])) <= budget:
+            chosen.append(d)
+    return chosen
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+def question_demos(pools, k: int, rng: random.Random) -> list[Sample]:
+    demos = []
+    for pool, n in zip(pools, demo_counts(k, len(pools))):
+        demos += rng.sample(pool.samples, min(n, len(pool)))
+    rng.shuffle(demos)
+    return demos
+
+
+def answer_demos(pools, k: int, query) -> list[Sample]:
+    """Nearest questions per pool; nearest placed last, right before the new question."""
+    demos = []
+    for pool, n in zip(pools, demo_counts(k, len(pools))):
+        demos += pool.nearest(query, n)[::-1]
+    return demos
+
+
+def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, indices: list[int],
+                   on_generated=None) -> list[Sample]:
+    """Candidates `indices` of iteration `iteration`, deterministic in (recipe.seed, iteration, index)."""
+    g, k, budget = recipe.generation, recipe.demonstrations, recipe.context_tokens
+    count = backend.count_tokens
+    stops = renderer.fmt.stops
+
+    q_demos, q_prompts = [], []
+    for i in indices:
+        rng = random.Random(_seed(recipe.seed, iteration, i))
+        demos = _fit(renderer.question_prompt, question_demos(pools, k, rng), count, budget)
+        q_demos.append(demos)
+        q_prompts.append(renderer.question_prompt(demos))
+    sampling = Sampling(g.question_max_tokens, g.question_temperature, g.top_p, g.top_k,
+                        g.question_repetition_penalty, stops, _seed(recipe.seed, iteration, indices[0], "q"))
+    q_out = backend.generate(q_prompts, sampling)
+    if on_generated:
+        on_generated(q_out)
+    questions = [cut(o.text) for o in q_out]
+
+    asked = [j for j, q in enumerate(questions) if q]  # an empty question gets no answer
+    answers = [""] * len(indices)
+    a_demos: list[list[Sample]] = [[] for _ in indices]
+    if asked:
+        vecs = embedder([questions[j] for j in asked])
+        a_prompts = []
+        for j, vec in zip(asked, vecs):
+            demos = answer_demos(pools, k, vec)
+            # drop the farthest demos first when over budget
+            while demos and count(renderer.answer_prompt(demos, questions[j])) > budget:
+                demos = demos[1:]
+            a_demos[j] = demos
+            a_prompts.append(renderer.answer_prompt(demos, questions[j]))
+        sampling = Sampling(g.answer_max_tokens, g.answer_temperature, g.top_p, g.top_k,
+                            g.answer_repetition_penalty, stops, _seed(recipe.seed, iteration, indices[0], "a"))
+        a_out = backend.generate(a_prompts, sampling)
+        if on_generated:
+            on_generated(a_out)
+        for j, o in zip(asked, a_out):
+            answers[j] = cut(o.text)
+
+    return [
+        Sample(prompt=questions[j], response=answers[j], id=f"it{iteration}-{i}", source="generated",
+               iteration=iteration, question_demos=[d.id for d in q_demos[j]],
+               answer_demos=[d.id for d in a_demos[j]])
+        for j, i in enumerate(indices)
+    ]

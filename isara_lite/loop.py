@@ -1,0 +1,232 @@
+"""The ISARA loop: iterations, the run directory, and resuming.
+
+runs/<name>/
+  recipe.yaml              the resolved recipe (what --resume compares against)
+  seeds.jsonl              the seed pool P0 as read
+  log.txt
+  iter_0/check.jsonl, metrics.json       the base model's built-in check
+  iter_t/candidates.jsonl  every candidate with its demos and filter verdicts, appended per batch
+  iter_t/kept.jsonl        pool P_t
+  iter_t/adapter/          PEFT LoRA after iteration t
+  iter_t/check.jsonl, metrics.json       metrics.json marks the iteration done
+  summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from . import filters
+from .backends.base import create_backend, peak_memory_mb
+from .data import Sample, read_prompts, read_samples
+from .errors import IsaraError, where
+from .evaluation.check import run_check, summarize
+from .files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
+from .generation import generate_batch
+from .models import load_card
+from .prompts import Renderer, get_format
+from .recipe import Recipe
+from .retrieval import Embedder, Pool
+from .training import iteration_lr, total_steps, train_iteration
+from .ui import UI
+
+
+class Run:
+    """Paths of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def it(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def done(self, t: int) -> bool:
+        return (self.it(t) / "metrics.json").is_file()
+
+
+def prepare_run(recipe: Recipe, out: Path, resume: bool) -> Run:
+    run = Run(out)
+    resolved = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    saved = run.root / "recipe.yaml"
+    if saved.is_file():
+        if not resume:
+            raise IsaraError(f"{run.root} already holds a run: pass --resume to continue it, or --out elsewhere")
+        old = yaml.safe_load(saved.read_text())
+        changed = _diff(old, recipe.to_dict())
+        if changed:
+            raise IsaraError(f"{saved}: the recipe changed since this run started ({', '.join(changed)}); "
+                             f"use a new --out")
+    else:
+        atomic_write_text(saved, resolved)
+    return run
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def load_seeds(recipe: Recipe, renderer: Renderer) -> list[Sample]:
+    path = recipe.path(recipe.seeds)
+    seeds = read_samples(path)
+    for n, s in enumerate(seeds, 1):
+        renderer.validate(s.prompt, where(path, n, "prompt"))
+        renderer.validate(s.response, where(path, n, "response"))
+    if len(seeds) < recipe.demonstrations:
+        raise IsaraError(f"{path}: {len(seeds)} seed pairs, fewer than demonstrations={recipe.demonstrations}")
+    return seeds
+
+
+def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None) -> dict:
+    ui = ui or UI()
+    card = load_card(recipe.model)
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    seeds = load_seeds(recipe, renderer)
+    harmful = [r["prompt"] for r in read_prompts(recipe.path(recipe.check.harmful))] if recipe.check.harmful else []
+    benign = [r["prompt"] for r in read_prompts(recipe.path(recipe.check.benign))] if recipe.check.benign else []
+    if recipe.check.limit:
+        harmful, benign = harmful[: recipe.check.limit], benign[: recipe.check.limit]
+
+    run = prepare_run(recipe, out, resume)
+    ui.log_path = run.root / "log.txt"
+    write_jsonl(run.root / "seeds.jsonl", [s.to_dict() for s in seeds])
+    start = time.time()
+    ui.log(f"run {run.root}: model {card.name} ({card.chat_format}), backend {recipe.backend}, "
+           f"{len(seeds)} seeds, T={recipe.iterations}, N={recipe.candidates}, k={recipe.demonstrations}")
+
+    backend = create_backend(recipe.backend, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
+    ui.log(f"backend {backend.name}: {getattr(backend, 'device', 'cpu')}, {getattr(backend, 'threads', '?')} threads")
+    embedder = Embedder()
+    pools = [Pool("seeds", seeds, embedder)]
+    checks = []
+
+    def check(t: int, label: str) -> dict | None:
+        if not (harmful or benign):
+            return None
+        path = run.it(t) / "check.jsonl"
+        if path.is_file():
+            rows = read_jsonl_tolerant(path)
+        else:
+            with ui.stage(f"check {label}", len(harmful) + len(benign)) as update:
+                t0, toks = time.time(), [0]
+
+                def on_batch(n, tokens):
+                    toks[0] += tokens
+                    update(n, **{"tok/s": f"{toks[0] / (time.time() - t0):.0f}"})
+
+                rows = run_check(backend, renderer, harmful, benign, recipe.check.max_tokens,
+                                 recipe.generation.batch_size * 2, on_batch)
+            write_jsonl(path, rows)
+        summary = summarize(rows, label)
+        checks.append(summary)
+        return summary
+
+    if not run.done(0):
+        backend.load(None)
+        atomic_write_json(run.it(0) / "metrics.json", {"iteration": 0, "check": check(0, "base")})
+    else:
+        check(0, "base")
+
+    rows, adapter = [], None
+    for t in range(1, recipe.iterations + 1):
+        it = run.it(t)
+        if run.done(t):
+            kept = [Sample.from_dict(d) for d in read_jsonl_tolerant(it / "kept.jsonl")]
+            rows.append(json.loads((it / "metrics.json").read_text()))
+            check(t, f"iteration {t}")
+            ui.log(f"iteration {t}: already done, {len(kept)} kept")
+        else:
+            t0 = time.time()
+            backend.load(adapter)
+            candidates = generate_iteration(backend, renderer, pools, embedder, recipe, t, it, ui)
+            kept = [c for c in candidates if c.kept]
+            write_jsonl(it / "kept.jsonl", [c.to_dict() for c in kept])
+            result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, it / "adapter", ui)
+            summary = check(t, f"iteration {t}")
+            removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}
+            row = {"iteration": t, "generated": len(candidates), "kept": len(kept), "removed": removed,
+                   "train_steps": result["steps"], "train_loss_first": (result["losses"] or [0.0])[0],
+                   "train_loss_last": (result["losses"] or [0.0])[-1],
+                   "learning_rate": iteration_lr(recipe.training, t), "train_seconds": result["seconds"],
+                   "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(), "check": summary}
+            atomic_write_json(it / "metrics.json", row)
+            rows.append(row)
+            ui.log(f"iteration {t}: generated {len(candidates)}, kept {len(kept)}, removed {removed}")
+        pools.append(Pool(f"iter_{t}", kept, embedder))
+        adapter = it / "adapter"
+
+    summary = {"run": str(run.root), "iterations": rows, "checks": checks,
+               "wall_seconds": time.time() - start, "peak_memory_mb": peak_memory_mb()}
+    atomic_write_json(run.root / "summary.json", summary)
+    ui.iterations_table(rows)
+    if checks:
+        ui.check_table(checks)
+    ui.log(f"done in {summary['wall_seconds'] / 60:.1f} min (this session), peak memory "
+           f"{summary['peak_memory_mb'] / 1024:.2f} GB; adapter: {adapter}")
+    return summary
+
+
+def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: Path, ui: UI) -> list[Sample]:
+    """Steps 1-3 for iteration t, batch by batch; finished batches survive a crash and are not redone."""
+    path = it / "candidates.jsonl"
+    bs = recipe.generation.batch_size
+    done = [Sample.from_dict(d) for d in read_jsonl_tolerant(path)]
+    whole = len(done) // bs * bs if len(done) < recipe.candidates else len(done)
+    if whole != len(done):  # a half-written batch: redo it whole so sampling stays deterministic
+        done = done[:whole]
+        write_jsonl(path, [c.to_dict() for c in done])
+    seen = {filters.normalize(s.prompt) for p in pools for s in p.samples}
+    seen |= {filters.normalize(c.prompt) for c in done if c.kept}
+    by_id = {s.id: s for p in pools for s in p.samples}
+    kept = sum(1 for c in done if c.kept)
+    with ui.stage(f"iteration {t}: generate + filter", recipe.candidates, len(done)) as update:
+        t0, toks = time.time(), [0, 0]
+
+        def on_generated(outs):
+            toks[0] += sum(o.prompt_tokens for o in outs)
+            toks[1] += sum(o.completion_tokens for o in outs)
+
+        for start in range(len(done), recipe.candidates, bs):
+            batch = generate_batch(backend, renderer, pools, embedder, recipe, t,
+                                   list(range(start, min(start + bs, recipe.candidates))), on_generated)
+            for c in batch:
+                demo_qs = [by_id[i].prompt for i in c.question_demos]
+                c.verdicts = filters.judge(c.prompt, c.response, demo_qs, seen, recipe.filters)
+                c.kept = all(c.verdicts.values())
+                if c.kept:
+                    seen.add(filters.normalize(c.prompt))
+                    kept += 1
+            append_jsonl(path, [c.to_dict() for c in batch])
+            done += batch
+            dt = time.time() - t0
+            update(len(batch), kept=kept, **{"cand/s": f"{(len(done) - whole) / dt:.2f}",
+                                            "gen tok/s": f"{toks[1] / dt:.0f}", "prompt tok": toks[0]})
+    return done
+
+
+def train_stage(backend, renderer, seeds, kept, recipe, t, adapter_in, adapter_out: Path, ui: UI) -> dict:
+    """Step 4, skipped when a finished adapter of this iteration is already on disk."""
+    record = adapter_out.parent / "train.json"
+    if record.is_file() and (adapter_out / "adapter_model.safetensors").is_file():
+        backend.load(adapter_out)
+        return json.loads(record.read_text())
+    n = len(seeds) + len(kept)
+    with ui.stage(f"iteration {t}: train on {n} pairs", total_steps(n, recipe.training)) as update:
+        t0, toks = time.time(), [0]
+
+        def on_step(step, total, loss, lr, tokens):
+            toks[0] += tokens
+            update(1, loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{"tok/s": f"{toks[0] / (time.time() - t0):.0f}"})
+
+        result = train_iteration(backend, renderer, seeds, kept, recipe.training, t, adapter_in, adapter_out, on_step)
+    out = {"steps": result.steps, "losses": result.losses, "tokens": result.tokens, "seconds": result.seconds}
+    atomic_write_json(record, out)
+    return out

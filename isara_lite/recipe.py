@@ -1,0 +1,193 @@
+"""Run recipes: dataclasses with defaults, YAML loading (safe), validation, key=value overrides."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import IsaraError
+
+
+def opt(default, help: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GenerationConfig:
+    question_temperature: float = opt(0.9, "sampling temperature for new questions (diversity)")
+    answer_temperature: float = opt(0.5, "sampling temperature for answers (faithfulness to the demos)")
+    top_p: float = opt(0.95, "nucleus sampling")
+    top_k: int = opt(50, "top-k sampling (0: off)")
+    question_repetition_penalty: float = opt(1.05, "paper: 1.05")
+    answer_repetition_penalty: float = opt(1.2, "paper: 1.2")
+    question_max_tokens: int = opt(64, "paper: 200")
+    answer_max_tokens: int = opt(100, "paper: 100")
+    batch_size: int = opt(8, "prompts decoded together")
+
+
+@dataclass
+class FilterConfig:
+    rouge_l_max: float = opt(0.7, "drop questions with ROUGE-L above this to any of their demos")
+    min_words: int = opt(5, "question and answer each need at least this many words")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = opt(2e-4, "LoRA learning rate of iteration 1")
+    lr_decay: float = opt(0.5, "learning rate multiplier per iteration (paper halves it)")
+    epochs: int = opt(1, "passes over seeds + this iteration's kept samples (paper: 1)")
+    batch_size: int = opt(8, "sequences per optimizer step (before accumulation)")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    warmup_ratio: float = opt(0.03, "share of steps with linear warmup (paper: 3%)")
+    schedule: str = opt("cosine", "cosine or constant, within an iteration")
+    max_length: int = opt(384, "tokens per training sequence (prompt + answer)")
+    lora_rank: int = opt(8, "LoRA r")
+    lora_alpha: float = opt(16.0, "LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    target_modules: list = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                               "modules that get LoRA")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory")
+    max_steps: int = opt(0, "stop after this many steps (0: no cap); for smoke tests")
+
+
+@dataclass
+class CheckConfig:
+    harmful: str | None = opt(None, "held-out prompts the model should refuse (path, relative to the recipe)")
+    benign: str | None = opt(None, "held-out prompts the model should answer")
+    max_tokens: int = opt(48, "greedy tokens per check answer; refusals show early")
+    limit: int = opt(0, "use only the first N prompts of each set (0: all)")
+
+
+@dataclass
+class Recipe:
+    name: str = opt("run", "run directory name under runs/")
+    model: str = opt("smollm2-135m-instruct", "model card name, .gguf, local dir or hub id")
+    backend: str = opt("torch", "torch (more backends in later releases)")
+    seeds: str = opt("seeds/safety.jsonl", "seed pairs (path relative to the recipe)")
+    seed: int = opt(0, "random seed")
+    iterations: int = opt(2, "ISARA iterations T")
+    candidates: int = opt(64, "candidates generated per iteration N (paper: 512)")
+    demonstrations: int = opt(6, "ICL demonstrations per prompt k (paper: 8)")
+    context_tokens: int = opt(1500, "prompt budget for demonstrations (paper: 2000)")
+    threads: int = opt(0, "CPU threads (0: all cores)")
+    device: str = opt("auto", "auto, cpu or cuda")
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+    base_dir: str = field(default=".", metadata={"help": "internal: where relative paths start", "internal": True})
+
+    def path(self, rel: str | None) -> Path | None:
+        if rel is None:
+            return None
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+def _suggest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise IsaraError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise IsaraError(f"{where}: unknown key '{key}'{_suggest(str(key), known)}")
+        f = known[key]
+        default = getattr(cls(), key)
+        loc = f"{where}.{key}" if where else key
+        if is_dataclass(default):
+            kwargs[key] = _build(type(default), value, loc)
+        else:
+            kwargs[key] = _coerce(value, default, loc)
+    return cls(**kwargs)
+
+
+def _coerce(value, default, loc):
+    if default is None or value is None:
+        if value is not None and not isinstance(value, str):
+            raise IsaraError(f"{loc}: expected a path string, got {value!r}")
+        return value
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise IsaraError(f"{loc}: expected {kind.__name__}, got {value!r}")
+    if kind in (int, float) and value < 0:
+        raise IsaraError(f"{loc}: must not be negative, got {value!r}")
+    return value
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise IsaraError(f"--set {item}: expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_recipe(path: str | Path | None, overrides=()) -> Recipe:
+    data: dict = {}
+    base = Path(".")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise IsaraError(f"{path}: no such recipe")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise IsaraError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        except UnicodeDecodeError:
+            raise IsaraError(f"{path}: not valid UTF-8") from None
+        if not isinstance(data, dict):
+            raise IsaraError(f"{path}: a recipe must be a mapping of keys to values")
+        base = path.parent
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise IsaraError(f"--set {item}: '{k}' is not a section")
+        node[keys[-1]] = value
+    recipe = _build(Recipe, data, str(path) if path else "recipe")
+    recipe.base_dir = str(base)
+    validate(recipe, str(path or "recipe"))
+    return recipe
+
+
+def validate(r: Recipe, where: str) -> None:
+    checks = [
+        (r.iterations >= 1, "iterations", "must be at least 1"),
+        (r.candidates >= 1, "candidates", "must be at least 1"),
+        (r.demonstrations >= 1, "demonstrations", "must be at least 1"),
+        (0 < r.filters.rouge_l_max <= 1, "filters.rouge_l_max", "must be in (0, 1]"),
+        (r.generation.batch_size >= 1, "generation.batch_size", "must be at least 1"),
+        (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
+        (r.training.schedule in ("cosine", "constant"), "training.schedule", "must be cosine or constant"),
+        (r.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),
+        (r.demonstrations >= r.iterations, "demonstrations",
+         "must be at least iterations (one demo from each earlier pool)"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise IsaraError(f"{where}: {key} {msg}")
