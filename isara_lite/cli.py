@@ -44,7 +44,7 @@ def models():
 
     t = Table(title="model cards (models/)")
     for col in ["name", "format", "license", "available", "where / how to get it"]:
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "name")
     for card in list_cards():
         ok, how = card.available()
         t.add_row(card.name, card.chat_format, card.license, "yes" if ok else "no", how)

@@ -72,15 +72,15 @@ def record_to_pair(r, loc: str) -> tuple[str, str]:
     if "messages" in r:
         pair, names = _messages(r, loc), ("messages", "messages")
     else:
-        for names, get in SHAPES:
-            if names[0] in r:
-                for name in names:
-                    if name not in r:
-                        raise IsaraError(f"{where(loc, field=name)} is missing (record has {sorted(r)})")
-                pair = get(r)
-                break
-        else:
+        full = [(names, get) for names, get in SHAPES if all(n in r for n in names)]
+        if not full:
+            partial = [names for names, _ in SHAPES if names[0] in r]
+            if partial:
+                missing = next(n for n in partial[0] if n not in r)
+                raise IsaraError(f"{where(loc, field=missing)} is missing (record has {sorted(r)})")
             raise IsaraError(f"{loc}: no known fields; expected {SHAPE_HELP}, got {sorted(r)}")
+        names, get = full[0]
+        pair = get(r)
     for name, value in zip(names, pair):
         if not isinstance(value, str) or not value.strip():
             raise IsaraError(f"{where(loc, field=name)} must be a non-empty string")
@@ -131,11 +131,15 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     raise IsaraError(f"{path}: unknown format '{suffix}'; use .jsonl, .json or .csv")
 
 
-def read_samples(path: str | Path, id_prefix: str = "seed") -> list[Sample]:
-    """Seed pairs from any supported shape; ids are '<prefix>-<n>' in file order."""
+def read_samples(path: str | Path, id_prefix: str = "seed", check=None) -> list[Sample]:
+    """Seed pairs from any supported shape; ids are '<prefix>-<n>' in file order.
+    check(text, location), when given, vets each field (e.g. for chat-template markers)."""
     samples = []
     for i, (n, r) in enumerate(read_records(path)):
         prompt, response = record_to_pair(r, where(path, n))
+        if check:
+            check(prompt, where(path, n, "prompt"))
+            check(response, where(path, n, "response"))
         samples.append(Sample(prompt=prompt, response=response, id=f"{id_prefix}-{i}"))
     if not samples:
         raise IsaraError(f"{path}: no records")

@@ -62,8 +62,9 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
         demos = _fit(renderer.question_prompt, question_demos(pools, k, rng), count, budget)
         q_demos.append(demos)
         q_prompts.append(renderer.question_prompt(demos))
-    sampling = Sampling(g.question_max_tokens, g.question_temperature, g.top_p, g.top_k,
-                        g.question_repetition_penalty, stops, _seed(recipe.seed, iteration, indices[0], "q"))
+    sampling = Sampling(max_tokens=g.question_max_tokens, temperature=g.question_temperature, top_p=g.top_p,
+                        top_k=g.top_k, repetition_penalty=g.question_repetition_penalty, stop=stops,
+                        seed=_seed(recipe.seed, iteration, indices[0], "q"))
     q_out = backend.generate(q_prompts, sampling)
     if on_generated:
         on_generated(q_out)
@@ -82,8 +83,9 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
                 demos = demos[1:]
             a_demos[j] = demos
             a_prompts.append(renderer.answer_prompt(demos, questions[j]))
-        sampling = Sampling(g.answer_max_tokens, g.answer_temperature, g.top_p, g.top_k,
-                            g.answer_repetition_penalty, stops, _seed(recipe.seed, iteration, indices[0], "a"))
+        sampling = Sampling(max_tokens=g.answer_max_tokens, temperature=g.answer_temperature, top_p=g.top_p,
+                            top_k=g.top_k, repetition_penalty=g.answer_repetition_penalty, stop=stops,
+                            seed=_seed(recipe.seed, iteration, indices[0], "a"))
         a_out = backend.generate(a_prompts, sampling)
         if on_generated:
             on_generated(a_out)

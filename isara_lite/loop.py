@@ -23,7 +23,7 @@ import yaml
 from . import filters
 from .backends.base import create_backend, peak_memory_mb
 from .data import Sample, read_prompts, read_samples
-from .errors import IsaraError, where
+from .errors import IsaraError
 from .evaluation.check import run_check, summarize
 from .files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
 from .generation import generate_batch
@@ -76,10 +76,7 @@ def _diff(a, b, prefix="") -> list[str]:
 
 def load_seeds(recipe: Recipe, renderer: Renderer) -> list[Sample]:
     path = recipe.path(recipe.seeds)
-    seeds = read_samples(path)
-    for n, s in enumerate(seeds, 1):
-        renderer.validate(s.prompt, where(path, n, "prompt"))
-        renderer.validate(s.response, where(path, n, "response"))
+    seeds = read_samples(path, check=renderer.validate)
     if len(seeds) < recipe.demonstrations:
         raise IsaraError(f"{path}: {len(seeds)} seed pairs, fewer than demonstrations={recipe.demonstrations}")
     return seeds

@@ -100,6 +100,8 @@ def _suggest(key: str, known) -> str:
 
 
 def _build(cls, data: dict, where: str):
+    if data is None:  # a section with every key commented out
+        data = {}
     if not isinstance(data, dict):
         raise IsaraError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
@@ -123,8 +125,13 @@ def _coerce(value, default, loc):
             raise IsaraError(f"{loc}: expected a path string, got {value!r}")
         return value
     kind = type(default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML reads 1e-4 (no dot) as a string
+            return _coerce(float(value), default, loc)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # name: 2024
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise IsaraError(f"{loc}: expected {kind.__name__}, got {value!r}")
     if kind in (int, float) and value < 0:
@@ -165,7 +172,9 @@ def load_recipe(path: str | Path | None, overrides=()) -> Recipe:
         keys, value = parse_override(item)
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise IsaraError(f"--set {item}: '{k}' is not a section")
         node[keys[-1]] = value

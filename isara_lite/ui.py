@@ -17,6 +17,8 @@ from .filters import FILTERS
 class UI:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
+        if not self.console.is_terminal:  # logs and CI: wide enough for the tables
+            self.console.width = 120
         self.log_path: Path | None = None
 
     def log(self, msg: str, style: str = "") -> None:
@@ -49,7 +51,7 @@ class UI:
         for r in rows:
             t.add_row(str(r["iteration"]), str(r["generated"]), str(r["kept"]),
                       *[str(r["removed"].get(f, 0)) for f in FILTERS],
-                      f"{r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}", f"{r['learning_rate']:.2e}",
+                      f"{r['train_loss_first']:.2f}->{r['train_loss_last']:.2f}", f"{r['learning_rate']:.2e}",
                       f"{r['seconds'] / 60:.1f}")
         self.console.print(t)
 

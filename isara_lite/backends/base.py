@@ -24,6 +24,7 @@ class Sampling:
     top_p: float = 0.95
     top_k: int = 50
     repetition_penalty: float = 1.0
+    repeat_last_n: int = 64  # the penalty looks back this many tokens (llama.cpp's default)
     stop: tuple[str, ...] = ()
     seed: int = 0
 

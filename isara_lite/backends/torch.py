@@ -6,17 +6,36 @@ import random
 import time
 from pathlib import Path
 
+import torch
+from transformers import LogitsProcessor
+
 from ..errors import IsaraError
 from ..files import atomic_dir, commit_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
 
 
+class RecentRepetitionPenalty(LogitsProcessor):
+    """Repetition penalty over the last n tokens only, as llama.cpp does (repeat_last_n).
+
+    transformers' own penalty covers the whole prompt; with 1000 tokens of demonstrations that
+    bans most common words and a small model answers in word salad.
+    """
+
+    def __init__(self, penalty: float, last_n: int):
+        self.penalty, self.last_n = penalty, last_n
+
+    def __call__(self, input_ids, scores):
+        recent = input_ids[:, -self.last_n:]
+        picked = scores.gather(1, recent)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, recent, picked)
+
+
 class TorchBackend:
     name = "torch"
 
     def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
@@ -48,7 +67,9 @@ class TorchBackend:
         greedy = sampling.temperature <= 0
         stop_ids, stop_strings = self._stops(sampling.stop)
         kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
-                      repetition_penalty=sampling.repetition_penalty, pad_token_id=self.tok.pad_token_id)
+                      pad_token_id=self.tok.pad_token_id)
+        if sampling.repetition_penalty != 1.0:
+            kwargs["logits_processor"] = [RecentRepetitionPenalty(sampling.repetition_penalty, sampling.repeat_last_n)]
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         if stop_strings:

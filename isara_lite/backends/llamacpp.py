@@ -1,0 +1,90 @@
+"""llama.cpp backend: generation on the quantized GGUF, LoRA training with PyTorch/PEFT on the
+dequantized copy of the same weights, and the trained adapter converted to a GGUF LoRA and loaded
+back into llama.cpp for the next iteration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..adapters import peft_to_gguf
+from ..errors import IsaraError
+from .base import Generation, Sampling, TrainResult, default_threads
+
+GGUF_ADAPTER = "adapter.gguf"
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, n_ctx: int = 4096):
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            raise IsaraError("backend 'llamacpp' needs llama-cpp-python: pip install 'isara_lite[llamacpp]'") from None
+        self.card, self.seed, self.n_ctx = card, seed, n_ctx
+        self.threads = default_threads(threads)
+        self.device = "cpu"
+        self.gguf = card.gguf_path()
+        if self.gguf is None:
+            raise IsaraError(f"model '{card.name}' has no GGUF file for llama.cpp: {card.how_to_get()}, "
+                             "or use --backend torch")
+        self._trainer = None
+        self.adapter: Path | None = None
+        self._open(None)
+
+    def _open(self, lora: Path | None) -> None:
+        from llama_cpp import Llama
+
+        try:
+            self.llm = Llama(model_path=str(self.gguf), lora_path=str(lora) if lora else None, n_ctx=self.n_ctx,
+                             n_threads=self.threads, n_threads_batch=self.threads, seed=self.seed, verbose=False)
+        except ValueError as e:
+            raise IsaraError(f"{lora or self.gguf}: llama.cpp could not load it ({e})") from None
+
+    # -- generation ----------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        greedy = sampling.temperature <= 0
+        out = []
+        for i, prompt in enumerate(prompts):
+            r = self.llm.create_completion(
+                prompt, max_tokens=sampling.max_tokens, temperature=max(sampling.temperature, 0.0),
+                top_p=1.0 if greedy else sampling.top_p, top_k=1 if greedy else sampling.top_k,
+                repeat_penalty=sampling.repetition_penalty, stop=list(sampling.stop) or None,
+                seed=sampling.seed + i)
+            usage = r["usage"]
+            out.append(Generation(r["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]))
+        return out
+
+    # -- adapters ------------------------------------------------------------------------------
+    def _hf_config(self) -> dict:
+        return json.loads((Path(self.card.hf_source()) / "config.json").read_text())
+
+    def gguf_adapter(self, adapter: Path) -> Path:
+        """The GGUF LoRA beside a PEFT adapter, converted on first use."""
+        target = Path(adapter) / GGUF_ADAPTER
+        if not target.is_file():
+            if not (Path(adapter) / "adapter_model.safetensors").is_file():
+                raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+            peft_to_gguf(adapter, self._hf_config(), target)
+        return target
+
+    def load(self, adapter: Path | None) -> None:
+        if adapter == self.adapter:
+            return
+        self._open(self.gguf_adapter(adapter) if adapter else None)
+        self.adapter = Path(adapter) if adapter else None
+
+    # -- training: PyTorch on the dequantized weights --------------------------------------------
+    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        if self._trainer is None:
+            from .torch import TorchBackend
+
+            self._trainer = TorchBackend(self.card, threads=self.threads, device="cpu", seed=self.seed)
+        result = self._trainer.train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result

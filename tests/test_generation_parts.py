@@ -1,0 +1,124 @@
+"""Demonstration selection for ISARA steps 1-2 (isara_lite.generation)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from isara_lite.data import Sample
+from isara_lite.generation import answer_demos, demo_counts, question_demos
+from isara_lite.retrieval import Pool
+
+
+class ListPool:
+    """The part of Pool that question_demos reads (samples, len); no embedder needed for random picks."""
+
+    def __init__(self, name, samples):
+        self.name, self.samples = name, list(samples)
+
+    def __len__(self):
+        return len(self.samples)
+
+
+def make(prefix, n):
+    return [Sample(prompt=f"{prefix} question {i}", response=f"{prefix} answer {i}", id=f"{prefix}-{i}")
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("k,n_pools,expected", [
+    (6, 1, [6]),
+    (6, 2, [5, 1]),
+    (6, 3, [4, 1, 1]),
+    (2, 2, [1, 1]),
+    (3, 3, [1, 1, 1]),
+    (1, 1, [1]),
+])
+def test_demo_counts(k, n_pools, expected):
+    counts = demo_counts(k, n_pools)
+    assert counts == expected
+    assert sum(counts) == k
+
+
+def test_question_demos_one_from_each_later_pool():
+    pools = [ListPool("seeds", make("seed", 20)), ListPool("it1", make("it1", 10)), ListPool("it2", make("it2", 10))]
+    for s in range(20):
+        demos = question_demos(pools, 6, random.Random(s))
+        origin = Counter(d.id.split("-")[0] for d in demos)
+        assert origin == {"seed": 4, "it1": 1, "it2": 1}
+        assert len({d.id for d in demos}) == 6  # no repeats
+
+
+def test_question_demos_single_pool():
+    pools = [ListPool("seeds", make("seed", 10))]
+    demos = question_demos(pools, 4, random.Random(0))
+    assert len(demos) == 4
+    assert all(d.id.startswith("seed-") for d in demos)
+
+
+def test_question_demos_deterministic_for_same_seed():
+    pools = [ListPool("seeds", make("seed", 30)), ListPool("it1", make("it1", 30))]
+    a = [d.id for d in question_demos(pools, 6, random.Random(1234))]
+    b = [d.id for d in question_demos(pools, 6, random.Random(1234))]
+    assert a == b
+    others = {tuple(d.id for d in question_demos(pools, 6, random.Random(s))) for s in range(10)}
+    assert len(others) > 1  # different seeds give different picks
+
+
+def test_question_demos_shuffled_across_pools():
+    """The later pool's demo is not always in the same position."""
+    pools = [ListPool("seeds", make("seed", 30)), ListPool("it1", make("it1", 30))]
+    positions = set()
+    for s in range(40):
+        demos = question_demos(pools, 4, random.Random(s))
+        positions.add(next(i for i, d in enumerate(demos) if d.id.startswith("it1")))
+    assert len(positions) > 1
+
+
+def test_question_demos_small_pools_give_what_they_have():
+    pools = [ListPool("seeds", make("seed", 2)), ListPool("it1", [])]
+    demos = question_demos(pools, 6, random.Random(0))
+    assert sorted(d.id for d in demos) == ["seed-0", "seed-1"]
+
+
+SEED_QS = [
+    "How do I kill a Python process that is stuck?",
+    "What is a good recipe for banana bread?",
+    "How can I improve my sleep schedule?",
+    "What is the capital of Australia?",
+    "How do I change a flat tire on my bike?",
+    "Explain how photosynthesis works in plants.",
+]
+
+
+@pytest.fixture(scope="module")
+def seed_pool(embedder):
+    return Pool("seeds", [Sample(prompt=q, response="a", id=f"seed-{i}") for i, q in enumerate(SEED_QS)], embedder)
+
+
+def test_answer_demos_nearest_seed_last(seed_pool, embedder):
+    q = embedder(["How do I terminate a hung process on Linux?"])[0]
+    demos = answer_demos([seed_pool], 3, q)
+    assert len(demos) == 3
+    assert demos[-1].id == "seed-0"
+    # order: farthest of the k first, nearest last
+    sims = [float(q @ v) for v in embedder([d.prompt for d in demos])]
+    assert sims == sorted(sims)
+
+
+def test_answer_demos_k_larger_than_pool(seed_pool, embedder):
+    q = embedder(["Banana bread with walnuts: how long to bake?"])[0]
+    demos = answer_demos([seed_pool], 10, q)
+    assert len(demos) == 6
+    assert demos[-1].id == "seed-1"
+
+
+def test_answer_demos_with_later_pool(seed_pool, embedder):
+    later = Pool("it1", [Sample(prompt="How do I stop a frozen program on Windows?", response="a", id="it1-0"),
+                         Sample(prompt="Which vegetables grow well in shade?", response="a", id="it1-1")], embedder)
+    q = embedder(["How do I terminate a hung process on Linux?"])[0]
+    demos = answer_demos([seed_pool, later], 4, q)
+    assert demos[2].id == "seed-0"  # the seeds give k-1=3 demos, nearest seed last of that block
+    assert len(demos) == 4
+    assert demos[3].id == "it1-0"  # one from the later pool: its nearest

@@ -1,0 +1,16 @@
+"""CI must run exactly the README's test command."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(python3 -m venv .*?)\n```", readme)
+    assert len(commands) == 2, "README gives two set-up commands"
+    quickstart, tests = commands
+    assert quickstart.endswith("isara align recipes/quickstart.yaml")
+    assert tests.endswith("python -m pytest")
+    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
