@@ -82,3 +82,55 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
     writer.close()
     os.replace(tmp, out)
     return out
+
+
+def _lora_deltas(adapter_gguf: Path) -> dict[str, np.ndarray]:
+    """{base tensor name: scale * B @ A} from a GGUF LoRA (numpy shapes as in the base file)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(adapter_gguf))
+    alpha = float(r.fields["adapter.lora.alpha"].contents())
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for t in r.tensors:
+        base, ab = t.name.rsplit(".lora_", 1)
+        parts.setdefault(base, {})[ab] = np.asarray(t.data, dtype=np.float32)
+    out = {}
+    for base, p in parts.items():
+        a, b = p["a"], p["b"]  # (r, in), (out, r)
+        out[base] = (alpha / a.shape[0]) * (b @ a)
+    return out
+
+
+def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path) -> Path:
+    """A standalone GGUF with the LoRA folded in: changed tensors are requantized to Q8_0, the rest
+    (and every metadata key: chat template, stop tokens) are copied as they are."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    out = Path(out)
+    reader = gguf.GGUFReader(str(base_gguf))
+    deltas = _lora_deltas(Path(adapter_gguf))
+    arch = reader.fields["general.architecture"].contents()
+    tmp = out.with_name(out.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for t in reader.tensors:
+        if t.name in deltas:
+            w = dequantize(t.data, t.tensor_type).reshape(deltas[t.name].shape) + deltas.pop(t.name)
+            data = quantize(w.astype(np.float32), q8)
+            writer.add_tensor(t.name, data, raw_shape=data.shape, raw_dtype=q8)
+        else:
+            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    if deltas:
+        raise IsaraError(f"{adapter_gguf}: LoRA tensors with no match in {base_gguf}: {sorted(deltas)[:3]}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return out

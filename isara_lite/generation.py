@@ -58,7 +58,8 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
 
     q_demos, q_prompts = [], []
     for i in indices:
-        rng = random.Random(_seed(recipe.seed, iteration, i))
+        # candidates of one group share their demos (and so the evaluated prompt prefix)
+        rng = random.Random(_seed(recipe.seed, iteration, i // g.questions_per_prompt))
         demos = _fit(renderer.question_prompt, question_demos(pools, k, rng), count, budget)
         q_demos.append(demos)
         q_prompts.append(renderer.question_prompt(demos))

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import filters
-from .backends.base import create_backend, peak_memory_mb
+from .backends.base import choose_backend, create_backend, peak_memory_mb
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import run_check, summarize
@@ -99,8 +99,12 @@ def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None)
     ui.log(f"run {run.root}: model {card.name} ({card.chat_format}), backend {recipe.backend}, "
            f"{len(seeds)} seeds, T={recipe.iterations}, N={recipe.candidates}, k={recipe.demonstrations}")
 
-    backend = create_backend(recipe.backend, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
-    ui.log(f"backend {backend.name}: {getattr(backend, 'device', 'cpu')}, {getattr(backend, 'threads', '?')} threads")
+    name = recipe.backend
+    if name == "auto":
+        name, why = choose_backend(card)
+        ui.log(f"backend auto -> {name}: {why}")
+    backend = create_backend(name, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
+    ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads")
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []

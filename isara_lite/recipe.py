@@ -28,6 +28,8 @@ class GenerationConfig:
     question_max_tokens: int = opt(64, "paper: 200")
     answer_max_tokens: int = opt(100, "paper: 100")
     batch_size: int = opt(8, "prompts decoded together")
+    questions_per_prompt: int = opt(1, "questions sampled from one set of random demos (paper: 1); "
+                                       "more reuses the evaluated prompt")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class CheckConfig:
 class Recipe:
     name: str = opt("run", "run directory name under runs/")
     model: str = opt("smollm2-135m-instruct", "model card name, .gguf, local dir or hub id")
-    backend: str = opt("torch", "torch (more backends in later releases)")
+    backend: str = opt("auto", "auto, llamacpp or torch (auto: llamacpp on a CPU when installed)")
     seeds: str = opt("seeds/safety.jsonl", "seed pairs (path relative to the recipe)")
     seed: int = opt(0, "random seed")
     iterations: int = opt(2, "ISARA iterations T")
@@ -191,9 +193,11 @@ def validate(r: Recipe, where: str) -> None:
         (r.demonstrations >= 1, "demonstrations", "must be at least 1"),
         (0 < r.filters.rouge_l_max <= 1, "filters.rouge_l_max", "must be in (0, 1]"),
         (r.generation.batch_size >= 1, "generation.batch_size", "must be at least 1"),
+        (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
         (r.training.schedule in ("cosine", "constant"), "training.schedule", "must be cosine or constant"),
         (r.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),
+        (r.backend in ("auto", "llamacpp", "torch"), "backend", "must be auto, llamacpp or torch"),
         (r.demonstrations >= r.iterations, "demonstrations",
          "must be at least iterations (one demo from each earlier pool)"),
     ]

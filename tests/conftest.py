@@ -20,3 +20,23 @@ def embedder():
     from isara_lite.retrieval import Embedder
 
     return Embedder()
+
+
+# A recipe small enough for CI: 1 iteration, 4 candidates, 3 training steps, 2+2 check prompts.
+TINY = [
+    "iterations=1", "candidates=4", "demonstrations=3", "context_tokens=600", "backend=torch",
+    "generation.batch_size=2", "generation.question_max_tokens=24", "generation.answer_max_tokens=24",
+    "training.max_steps=3", "training.batch_size=4", "training.learning_rate=0.005",
+    "check.limit=2", "check.max_tokens=16", "threads=2",
+]
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """(recipe, run dir, summary) of the tiny recipe run once on the torch backend."""
+    from isara_lite.loop import align
+    from isara_lite.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", TINY)
+    return recipe, out, align(recipe, out)

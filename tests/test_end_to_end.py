@@ -14,22 +14,9 @@ from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.recipe import load_recipe
 
+from conftest import TINY
+
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = [
-    "iterations=1", "candidates=4", "demonstrations=3", "context_tokens=600",
-    "generation.batch_size=2", "generation.question_max_tokens=24", "generation.answer_max_tokens=24",
-    "training.max_steps=3", "training.batch_size=4", "training.learning_rate=0.005",
-    "check.limit=2", "check.max_tokens=16", "threads=2",
-]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", TINY)
-    summary = align(recipe, out)
-    return recipe, out, summary
 
 
 def test_run_files_and_counts(finished):

@@ -67,12 +67,27 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS = ("torch",)
+BACKENDS = ("auto", "llamacpp", "torch")
+
+
+def choose_backend(card) -> tuple[str, str]:
+    """(backend, reason) for --backend auto."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "torch", "llama-cpp-python is not installed"
+    if card.gguf_path(build=False) is None and not card.gguf:
+        return "torch", f"model '{card.name}' has no GGUF for llama.cpp"
+    return "llamacpp", "CPU: quantized llama.cpp generation, PyTorch LoRA training on the same weights"
 
 
 def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0) -> Backend:
     if name == "auto":
-        name = "torch"
+        name, _ = choose_backend(card)
+    if name == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(card, threads=threads, device=device, seed=seed)
     if name == "torch":
         from .torch import TorchBackend
 

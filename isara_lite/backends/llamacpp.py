@@ -18,7 +18,8 @@ GGUF_ADAPTER = "adapter.gguf"
 class LlamaCppBackend:
     name = "llamacpp"
 
-    def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, n_ctx: int = 4096):
+    def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, n_ctx: int = 4096,
+                 batched: bool = True, max_seqs: int = 16):
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
@@ -30,13 +31,18 @@ class LlamaCppBackend:
         if self.gguf is None:
             raise IsaraError(f"model '{card.name}' has no GGUF file for llama.cpp: {card.how_to_get()}, "
                              "or use --backend torch")
+        self.batched, self.max_seqs = batched, max_seqs
         self._trainer = None
+        self._batch = None  # the multi-sequence decoder, made on first use for the current adapter
         self.adapter: Path | None = None
         self._open(None)
 
     def _open(self, lora: Path | None) -> None:
         from llama_cpp import Llama
 
+        if getattr(self, "_batch", None) is not None:
+            self._batch.close()
+            self._batch = None
         try:
             self.llm = Llama(model_path=str(self.gguf), lora_path=str(lora) if lora else None, n_ctx=self.n_ctx,
                              n_threads=self.threads, n_threads_batch=self.threads, seed=self.seed, verbose=False)
@@ -48,6 +54,19 @@ class LlamaCppBackend:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        if len(prompts) > 1 and self.batched:
+            return self._decoder().generate(prompts, sampling)
+        return self.generate_one_by_one(prompts, sampling)
+
+    def _decoder(self):
+        from .llamacpp_batch import BatchDecoder
+
+        if self._batch is None:
+            self._batch = BatchDecoder(self.llm, self.threads, self.n_ctx, self.max_seqs)
+        return self._batch
+
+    def generate_one_by_one(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        """One create_completion per prompt (llama-cpp-python's high-level API)."""
         greedy = sampling.temperature <= 0
         out = []
         for i, prompt in enumerate(prompts):

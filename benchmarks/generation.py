@@ -1,0 +1,134 @@
+"""One iteration's generation (ISARA steps 1-2) on the bundled model, several ways, in one run.
+
+  naive       llama.cpp, one create_completion per prompt, questions_per_prompt=1 (the paper's sampling)
+  llamacpp    this project's llama.cpp backend with the recipe's settings (prefix reuse knob as given)
+  torch       the PyTorch backend (batched transformers generate)
+  ceiling     llama.cpp's own prompt-processing and generation speed here, times the tokens the
+              naive run needed
+
+Prints a JSON object and a table: candidates/min, prompt and generated tokens/s, peak RSS.
+
+    python benchmarks/generation.py --candidates 32 --threads 2 --questions-per-prompt 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one(mode: str, args) -> dict:
+    """Run one mode in this process (called in a fresh subprocess so peak RSS is its own)."""
+    from isara_lite.backends.base import create_backend, peak_memory_mb
+    from isara_lite.data import read_samples
+    from isara_lite.generation import generate_batch
+    from isara_lite.models import load_card
+    from isara_lite.prompts import Renderer, get_format
+    from isara_lite.recipe import load_recipe
+    from isara_lite.retrieval import Embedder, Pool
+
+    qpp = 1 if mode == "naive" else args.questions_per_prompt
+    recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
+                         [f"candidates={args.candidates}", f"generation.questions_per_prompt={qpp}"])
+    card = load_card(recipe.model)
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    embedder = Embedder()
+    pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
+    backend = create_backend("torch" if mode == "torch" else "llamacpp", card, threads=args.threads)
+    if mode == "ceiling":
+        return ceiling(backend, renderer, args)
+    toks = [0, 0]
+
+    def on_generated(outs):
+        toks[0] += sum(o.prompt_tokens for o in outs)
+        toks[1] += sum(o.completion_tokens for o in outs)
+
+    bs = recipe.generation.batch_size
+    start = time.perf_counter()
+    kept_words = 0
+    for s in range(0, args.candidates, bs):
+        batch = generate_batch(backend, renderer, pools, embedder, recipe, 1,
+                               list(range(s, min(s + bs, args.candidates))), on_generated)
+        kept_words += sum(1 for c in batch if len(c.prompt.split()) >= 5 and len(c.response.split()) >= 5)
+    dt = time.perf_counter() - start
+    return {"mode": mode, "seconds": dt, "candidates_per_min": 60 * args.candidates / dt,
+            "prompt_tokens": toks[0], "generated_tokens": toks[1],
+            "prompt_tok_s": toks[0] / dt, "gen_tok_s": toks[1] / dt,
+            "peak_rss_mb": peak_memory_mb(), "questions_per_prompt": qpp,
+            "candidates_with_5_words": kept_words}
+
+
+def ceiling(backend, renderer, args) -> dict:
+    """llama.cpp's raw prompt and generation speed on this machine (greedy, no sampling overhead)."""
+    llm = backend.llm
+    text = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)
+    toks = llm.tokenize(text.encode())[:512]
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(toks)
+    pp = len(toks) / (time.perf_counter() - t)
+    llm.reset()
+    llm.eval(toks[:16])
+    t = time.perf_counter()
+    n = 0
+    for _ in range(128):
+        tok = llm.sample(top_k=1)
+        llm.eval([tok])
+        n += 1
+    tg = n / (time.perf_counter() - t)
+    return {"mode": "ceiling", "pp_tok_s": pp, "tg_tok_s": tg}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--questions-per-prompt", type=int, default=4)
+    ap.add_argument("--modes", default="naive,llamacpp,torch,ceiling")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return
+    results = {}
+    for mode in args.modes.split(","):
+        cmd = [sys.executable, __file__, "--one", mode, "--candidates", str(args.candidates),
+               "--threads", str(args.threads), "--questions-per-prompt", str(args.questions_per_prompt)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        if out.returncode != 0:
+            sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    report = {"threads": args.threads, "candidates": args.candidates, "results": results}
+    if "ceiling" in results and "naive" in results:
+        c, n = results["ceiling"], results["naive"]
+        secs = n["prompt_tokens"] / c["pp_tok_s"] + n["generated_tokens"] / c["tg_tok_s"]
+        c["seconds"] = secs
+        c["candidates_per_min"] = 60 * args.candidates / secs
+    if "naive" in results:
+        base = results["naive"]["candidates_per_min"]
+        for r in results.values():
+            if "candidates_per_min" in r:
+                r["speedup_vs_naive"] = r["candidates_per_min"] / base
+    print(json.dumps(report, indent=2))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"generation, {args.candidates} candidates, {args.threads} threads")
+    for col in ["mode", "cand/min", "x naive", "prompt tok/s", "gen tok/s", "peak RSS MB"]:
+        t.add_column(col, justify="right")
+    for m, r in results.items():
+        t.add_row(m, f"{r.get('candidates_per_min', 0):.1f}", f"{r.get('speedup_vs_naive', 0):.2f}",
+                  f"{r.get('prompt_tok_s', r.get('pp_tok_s', 0)):.0f}", f"{r.get('gen_tok_s', r.get('tg_tok_s', 0)):.0f}",
+                  f"{r.get('peak_rss_mb', 0):.0f}")
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Several sequences decoded at once through llama.cpp's batch API (one llama_batch, many seq ids).
+
+llama-cpp-python's high-level API runs one sequence at a time; here one context holds up to
+`max_seqs` sequences in a shared KV cache. Prompts that are identical (several questions sampled
+from one set of demonstrations) are evaluated once and the cache is copied to the other sequences.
+Each sequence samples with its own sampler chain (penalties, top-k, top-p, temperature, seed).
+Logits can differ from the one-at-a-time path in the last digits (other kernels for other batch
+shapes), so a greedy near-tie may resolve differently; results are deterministic for the same batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp as L
+
+from ..errors import IsaraError
+from .base import Generation, Sampling
+
+
+class BatchDecoder:
+    def __init__(self, llm, threads: int, n_ctx_per_seq: int, max_seqs: int):
+        self.llm, self.max_seqs = llm, max_seqs
+        self.vocab = L.llama_model_get_vocab(llm._model.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx_per_seq * max_seqs
+        params.n_batch = params.n_ubatch = 512
+        params.n_seq_max = max_seqs
+        params.kv_unified = True  # one KV pool: short sequences leave room for long ones
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = L.llama_init_from_model(llm._model.model, params)
+        if not self.ctx:
+            raise IsaraError("llama.cpp could not create a multi-sequence context")
+        if llm._lora_adapter is not None:  # the same adapter as the high-level model
+            adapters = (L.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+            scales = (ctypes.c_float * 1)(llm.lora_scale)
+            if L.llama_set_adapters_lora(self.ctx, adapters, 1, scales):
+                raise IsaraError("llama.cpp could not apply the LoRA adapter to the batch context")
+        self.mem = L.llama_get_memory(self.ctx)
+        self.batch = L.llama_batch_init(512, 0, max_seqs)
+        self.capacity = params.n_ctx
+
+    def close(self):
+        if self.ctx:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ctx)
+            self.ctx = None
+
+    __del__ = close
+
+    # -- batch plumbing --------------------------------------------------------------------------
+    def _add(self, token: int, pos: int, seqs: list[int], logits: bool) -> int:
+        b, i = self.batch, self.batch.n_tokens
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, len(seqs), logits
+        for j, s in enumerate(seqs):
+            b.seq_id[i][j] = s
+        b.n_tokens += 1
+        return i
+
+    def _decode(self):
+        if self.batch.n_tokens and L.llama_decode(self.ctx, self.batch) != 0:
+            raise IsaraError("llama.cpp decode failed (KV cache full?): lower generation.batch_size or context_tokens")
+        self.batch.n_tokens = 0
+
+    def _sampler(self, s: Sampling, seed: int):
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.repetition_penalty != 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+                self.n_vocab, s.repeat_last_n, s.repetition_penalty, 0.0, 0.0))
+        if s.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            if s.top_k > 0:
+                L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.max_seqs):
+            chunk = prompts[start:start + self.max_seqs]
+            out += self._generate(chunk, sampling, start)
+        return out
+
+    def _generate(self, prompts: list[str], sampling: Sampling, offset: int) -> list[Generation]:
+        n = len(prompts)
+        toks = [self.llm.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
+        if sum(len(t) for t in toks) + n * sampling.max_tokens > self.capacity:
+            raise IsaraError(f"prompts too long for the KV cache ({self.capacity} tokens for {n} sequences)")
+        L.llama_memory_clear(self.mem, True)
+
+        # Prompts minus their last token: each distinct prompt once, then its cache copied.
+        first: dict[tuple, int] = {}
+        for i, t in enumerate(toks):
+            key = tuple(t)
+            if key in first:
+                continue
+            first[key] = i
+            for pos, tok in enumerate(t[:-1]):
+                if self.batch.n_tokens == 512:
+                    self._decode()
+                self._add(tok, pos, [i], False)
+        self._decode()
+        for i, t in enumerate(toks):
+            src = first[tuple(t)]
+            if src != i:
+                L.llama_memory_seq_cp(self.mem, src, i, -1, -1)
+
+        samplers = [self._sampler(sampling, sampling.seed + offset + i) for i in range(n)]
+        pieces: list[bytes] = [b"" for _ in range(n)]
+        count = [0] * n
+        pos = [len(t) - 1 for t in toks]
+        idx = {i: self._add(t[-1], pos[i], [i], True) for i, t in enumerate(toks)}  # last prompt tokens
+        active = set(range(n))
+        try:
+            while active:
+                self._decode()
+                nxt = {}
+                for i in sorted(active):
+                    tok = L.llama_sampler_sample(samplers[i], self.ctx, idx[i])
+                    if L.llama_vocab_is_eog(self.vocab, tok):
+                        active.discard(i)
+                        continue
+                    pieces[i] += self.llm.detokenize([tok], special=True)
+                    count[i] += 1
+                    text = pieces[i].decode("utf-8", errors="ignore")
+                    if count[i] >= sampling.max_tokens or any(m in text for m in sampling.stop):
+                        active.discard(i)
+                        continue
+                    pos[i] += 1
+                    nxt[i] = tok
+                idx = {i: self._add(tok, pos[i], [i], True) for i, tok in nxt.items()}
+        finally:
+            for smp in samplers:
+                L.llama_sampler_free(smp)
+            self.batch.n_tokens = 0
+        results = []
+        for i in range(n):
+            text = pieces[i].decode("utf-8", errors="ignore")
+            cut = min((text.find(m) for m in sampling.stop if m in text), default=len(text))
+            results.append(Generation(text[:cut], len(toks[i]), count[i]))
+        return results

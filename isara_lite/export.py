@@ -1,0 +1,48 @@
+"""`isara export`: a run's adapter as PEFT, as a GGUF LoRA for llama.cpp, or merged into one GGUF
+that llama.cpp and Ollama load on their own (chat template and stop token kept from the base)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .adapters import merge_gguf, peft_to_gguf
+from .chat import run_adapter
+from .errors import IsaraError
+from .files import atomic_dir, commit_dir
+from .models import load_card
+
+FORMATS = ("peft", "gguf-adapter", "merged-gguf")
+
+
+def export(run: Path, fmt: str, out: Path | None = None, iteration: int | None = None) -> Path:
+    model, adapter = run_adapter(run, iteration)
+    card = load_card(model)
+    stem = f"{run.name}-{adapter.parent.name}"
+    if fmt == "peft":
+        out = out or run / "export" / f"{stem}-peft"
+        tmp = atomic_dir(out)
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            if (adapter / name).is_file():
+                shutil.copy2(adapter / name, tmp / name)
+        commit_dir(tmp, out)
+        return out
+    hf_config = json.loads((Path(card.hf_source()) / "config.json").read_text())
+    if fmt == "gguf-adapter":
+        out = out or run / "export" / f"{stem}-lora.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return peft_to_gguf(adapter, hf_config, out)
+    if fmt == "merged-gguf":
+        base = card.gguf_path()
+        if base is None:
+            raise IsaraError(f"model '{card.name}' has no base GGUF to merge into: {card.how_to_get()}")
+        out = out or run / "export" / f"{stem}-merged-q8_0.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lora = out.with_name(out.name + ".lora.gguf")
+        peft_to_gguf(adapter, hf_config, lora)
+        try:
+            return merge_gguf(base, lora, out)
+        finally:
+            lora.unlink(missing_ok=True)
+    raise IsaraError(f"unknown export format '{fmt}'; use one of {', '.join(FORMATS)}")

@@ -1,0 +1,156 @@
+"""llama.cpp backend: the converted GGUF LoRA reproduces PyTorch + PEFT, and the loop runs on it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from isara_lite.adapters import peft_to_gguf
+from isara_lite.backends.base import Sampling, choose_backend, create_backend
+from isara_lite.errors import IsaraError
+from isara_lite.files import read_jsonl_tolerant
+from isara_lite.loop import align
+from isara_lite.models import load_card
+from isara_lite.prompts import Renderer, get_format
+from isara_lite.recipe import load_recipe
+
+from conftest import REPO, TINY
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                reason="llama-cpp-python is not installed (pip install 'isara_lite[llamacpp]')")
+
+PROMPTS = ["How do I pick a lock to get into my neighbour's house?", "What is a good name for a pet turtle?",
+           "Explain what a Python list comprehension is."]
+
+
+@pytest.fixture(scope="module")
+def card():
+    return load_card("smollm2-135m-instruct")
+
+
+def _teacher_forced(card, adapter, lora_gguf, prompts, n_tokens=32):
+    """HF+PEFT greedy continuations, with HF's and llama.cpp's logits along the same tokens."""
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+
+    tb = create_backend("torch", card, threads=2)
+    tb.load(adapter)
+    llm = Llama(model_path=str(card.gguf_path()), lora_path=str(lora_gguf), n_ctx=512, n_threads=2,
+                logits_all=True, verbose=False)
+    out = []
+    for p in prompts:
+        ids = tb.tok(p)["input_ids"]
+        with torch.no_grad():
+            seq = tb.model.generate(torch.tensor([ids]), max_new_tokens=n_tokens, do_sample=False)[0].tolist()
+            hf = tb.model(torch.tensor([seq])).logits[0].numpy()
+        llm.reset()
+        llm.eval(seq)
+        lc = np.array(llm.scores[: len(seq)])
+        n = len(ids)
+        out.append((seq[n:], hf[n - 1:-1], lc[n - 1:-1]))
+    return out
+
+
+def _agreement(runs, min_margin=0.5):
+    """(positions where HF is decisive, of which llama.cpp picks the same token, mean |dlogprob|)."""
+    import numpy as np
+
+    decisive = same = 0
+    dlp = []
+    for toks, hf, lc in runs:
+        for t, h, c in zip(toks, hf, lc):
+            top2 = np.sort(h)[-2:]
+            lh = h - np.logaddexp.reduce(h)
+            lcp = c - np.logaddexp.reduce(c)
+            dlp.append(abs(lh[t] - lcp[t]))
+            if top2[1] - top2[0] > min_margin:
+                decisive += 1
+                same += int(c.argmax() == t)
+    return decisive, same, float(np.mean(dlp))
+
+
+def test_converted_adapter_matches_pytorch_peft(card, finished, tmp_path):
+    """Greedy continuation, teacher-forced: wherever HF+PEFT is not at a numerical near-tie (top-2
+    margin > 0.5 logits; Q4 llama.cpp differs from the fp32 copy by ~0.2 on average), llama.cpp +
+    the converted GGUF LoRA picks the same token, so the greedy continuations agree. A conversion
+    without llama.cpp's q/k row permutation fails the same check."""
+    import json
+
+    import numpy as np
+
+    _, out, _ = finished
+    adapter = out / "iter_1" / "adapter"
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    prompts = [renderer.chat_prompt(p) for p in PROMPTS]
+    hf_config = json.loads((Path(card.hf_source()) / "config.json").read_text())
+    good = peft_to_gguf(adapter, hf_config, tmp_path / "good.gguf")
+    decisive, same, dlp = _agreement(_teacher_forced(card, adapter, good, prompts))
+    print(f"converted adapter: {same}/{decisive} decisive positions agree, mean |dlogp| {dlp:.3f}")
+    assert decisive >= 48 and same == decisive and dlp < 0.15
+
+    import isara_lite.adapters as A
+
+    keep, A._permute = A._permute, lambda w, n: w  # the bug this test must catch
+    try:
+        bad = peft_to_gguf(adapter, hf_config, tmp_path / "bad.gguf")
+    finally:
+        A._permute = keep
+    bad_decisive, bad_same, bad_dlp = _agreement(_teacher_forced(card, adapter, bad, prompts))
+    print(f"without permutation: {bad_same}/{bad_decisive} agree, mean |dlogp| {bad_dlp:.3f}")
+    assert bad_dlp > 2 * dlp or bad_same < bad_decisive
+    assert not np.isnan(dlp)
+
+
+def test_llamacpp_backend_applies_the_adapter(card, finished):
+    _, out, _ = finished
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    greedy = Sampling(max_tokens=24, temperature=0.0, stop=renderer.fmt.stops)
+    prompts = [renderer.chat_prompt(p) for p in PROMPTS]
+    lcpp = create_backend("llamacpp", card, threads=2)
+    base = lcpp.generate_one_by_one(prompts, greedy)
+    lcpp.load(out / "iter_1" / "adapter")
+    tuned = lcpp.generate_one_by_one(prompts, greedy)
+    assert (out / "iter_1" / "adapter" / "adapter.gguf").is_file()
+    assert [g.text for g in tuned] != [g.text for g in base]
+    lcpp.load(None)
+    assert [g.text for g in lcpp.generate_one_by_one(prompts, greedy)] == [g.text for g in base]
+
+
+def test_converter_rejects_an_unknown_architecture(finished, tmp_path):
+    _, out, _ = finished
+    with pytest.raises(IsaraError, match="architecture 'mamba'"):
+        peft_to_gguf(out / "iter_1" / "adapter", {"model_type": "mamba"}, tmp_path / "a.gguf")
+
+
+def test_auto_picks_llamacpp_for_a_gguf_card(card):
+    name, reason = choose_backend(card)
+    assert name == "llamacpp" and reason
+
+
+def test_two_iterations_on_llamacpp(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*TINY, "iterations=2", "backend=llamacpp"])
+    summary = align(recipe, tmp_path / "run")
+    assert [r["generated"] for r in summary["iterations"]] == [4, 4]
+    assert (tmp_path / "run/iter_1/adapter/adapter.gguf").is_file()  # iteration 2 generated with it
+    cands = read_jsonl_tolerant(tmp_path / "run/iter_2/candidates.jsonl")
+    assert len(cands) == 4
+    kept1 = {c["id"] for c in read_jsonl_tolerant(tmp_path / "run/iter_1/kept.jsonl")}
+    if kept1:  # one demo from pool P1 in every iteration-2 prompt
+        assert all(any(d in kept1 for d in c["question_demos"]) for c in cands)
+    assert json.loads((tmp_path / "run/iter_2/metrics.json").read_text())["learning_rate"] == pytest.approx(0.0025)
+
+
+def test_batched_decoding_is_deterministic_and_shares_identical_prompts(card):
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    lcpp = create_backend("llamacpp", card, threads=2)
+    prompts = [renderer.chat_prompt(p) for p in PROMPTS] * 2  # identical prompts share one evaluation
+    s = Sampling(max_tokens=24, temperature=0.8, repetition_penalty=1.2, stop=renderer.fmt.stops, seed=7)
+    first, again = lcpp.generate(prompts, s), lcpp.generate(prompts, s)
+    assert [g.text for g in first] == [g.text for g in again]
+    assert len({g.text for g in first}) > 3  # each sequence has its own seed
+    assert all(g.prompt_tokens > 20 and 0 < g.completion_tokens <= 24 for g in first)
+    greedy = Sampling(max_tokens=16, temperature=0.0, stop=renderer.fmt.stops)
+    out = lcpp.generate(prompts, greedy)
+    assert [g.text for g in out[:3]] == [g.text for g in out[3:]]
