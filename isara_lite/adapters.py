@@ -76,6 +76,11 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
             elif base.endswith("attn_k.weight"):
                 w = _permute(w, n_kv)
         writer.add_tensor(f"{base}.lora_{m['ab'].lower()}", np.ascontiguousarray(w))
+    return _finish(writer, tmp, out)
+
+
+def _finish(writer, tmp: Path, out: Path) -> Path:
+    """Write the file under a temporary name, then move it into place."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -128,9 +133,4 @@ def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path)
             writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
     if deltas:
         raise IsaraError(f"{adapter_gguf}: LoRA tensors with no match in {base_gguf}: {sorted(deltas)[:3]}")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, out)
-    return out
+    return _finish(writer, tmp, out)

@@ -95,3 +95,7 @@ def main():
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished work is saved; continue with `isara align RECIPE --resume`", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

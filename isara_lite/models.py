@@ -62,7 +62,7 @@ class ModelCard:
         if not target.is_file() and build:
             tmp = target.with_name(target.name + ".part")
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            importlib.import_module(g["package"]).assemble(str(tmp))
+            importlib.import_module(g["package"]).assemble(str(tmp), overwrite=True)
             os.replace(tmp, target)
         return target if target.is_file() else None
 

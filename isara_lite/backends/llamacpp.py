@@ -62,7 +62,7 @@ class LlamaCppBackend:
         from .llamacpp_batch import BatchDecoder
 
         if self._batch is None:
-            self._batch = BatchDecoder(self.llm, self.threads, self.n_ctx, self.max_seqs)
+            self._batch = BatchDecoder(self.llm, self.threads, self.max_seqs)
         return self._batch
 
     def generate_one_by_one(self, prompts: list[str], sampling: Sampling) -> list[Generation]:

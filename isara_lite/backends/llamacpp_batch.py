@@ -19,12 +19,13 @@ from .base import Generation, Sampling
 
 
 class BatchDecoder:
-    def __init__(self, llm, threads: int, n_ctx_per_seq: int, max_seqs: int):
+    def __init__(self, llm, threads: int, max_seqs: int):
         self.llm, self.max_seqs = llm, max_seqs
         self.vocab = L.llama_model_get_vocab(llm._model.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         params = L.llama_context_default_params()
-        params.n_ctx = n_ctx_per_seq * max_seqs
+        # One KV pool the size of the model's training context, shared by all sequences of a batch.
+        params.n_ctx = L.llama_model_n_ctx_train(llm._model.model)
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = max_seqs
         params.kv_unified = True  # one KV pool: short sequences leave room for long ones
@@ -81,17 +82,25 @@ class BatchDecoder:
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+        """Prompts go in groups that fit the KV pool; seeds follow the prompt's index, not its group."""
+        toks = [self.llm.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
         out: list[Generation] = []
-        for start in range(0, len(prompts), self.max_seqs):
-            chunk = prompts[start:start + self.max_seqs]
-            out += self._generate(chunk, sampling, start)
+        start = 0
+        while start < len(toks):
+            end, used = start, 0
+            while end < len(toks) and end - start < self.max_seqs and \
+                    used + len(toks[end]) + sampling.max_tokens <= self.capacity:
+                used += len(toks[end]) + sampling.max_tokens
+                end += 1
+            if end == start:
+                raise IsaraError(f"a prompt of {len(toks[start])} tokens does not fit the model's "
+                                 f"{self.capacity}-token context with {sampling.max_tokens} new tokens")
+            out += self._generate(toks[start:end], sampling, start)
+            start = end
         return out
 
-    def _generate(self, prompts: list[str], sampling: Sampling, offset: int) -> list[Generation]:
-        n = len(prompts)
-        toks = [self.llm.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
-        if sum(len(t) for t in toks) + n * sampling.max_tokens > self.capacity:
-            raise IsaraError(f"prompts too long for the KV cache ({self.capacity} tokens for {n} sequences)")
+    def _generate(self, toks: list[list[int]], sampling: Sampling, offset: int) -> list[Generation]:
+        n = len(toks)
         L.llama_memory_clear(self.mem, True)
 
         # Prompts minus their last token: each distinct prompt once, then its cache copied.

@@ -162,9 +162,9 @@ class TorchBackend:
                     order += perm
                 idx, order = order[: config.batch_size], order[config.batch_size:]
                 ids, labels, mask = self._pad([data[i] for i in idx])
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)
-                (out.loss / config.grad_accum).backward()
-                step_loss += out.loss.item() / config.grad_accum
+                loss = self._answer_loss(model, ids, labels, mask)
+                (loss / config.grad_accum).backward()
+                step_loss += loss.item() / config.grad_accum
                 step_tokens += int(mask.sum())
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -182,6 +182,19 @@ class TorchBackend:
         self.model = model.eval()
         self.adapter = Path(adapter_out)
         return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
+
+    def _answer_loss(self, model, ids, labels, mask):
+        """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
+        is kept: on short answers after long prompts that is most of the saving."""
+        inner = model.get_base_model()
+        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        logits = inner.lm_head(hidden[keep]).float()
+        cap = getattr(inner.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits, target[keep])
 
     def _pad(self, batch):
         torch = self.torch
