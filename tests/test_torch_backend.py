@@ -48,9 +48,9 @@ def test_generation_stops_and_counts(backend, renderer):
 
 
 def test_multi_token_stop_string(backend, renderer):
-    s = Sampling(max_tokens=40, temperature=0.0, stop=(" is",))
+    s = Sampling(max_tokens=40, temperature=0.0, stop=("France is",))
     text = backend.generate([renderer.chat_prompt("What is the capital of France?")], s)[0].text
-    assert text.endswith(" is") and text.count(" is") == 1  # stopped at the first " is"
+    assert text.endswith("France is")  # generation stopped right there (callers cut the marker off)
 
 
 def test_seeded_sampling_is_deterministic(backend, renderer):
