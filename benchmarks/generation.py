@@ -1,10 +1,11 @@
 """One iteration's generation (ISARA steps 1-2) on the bundled model, several ways, in one run.
 
-  naive       llama.cpp, one create_completion per prompt, questions_per_prompt=1 (the paper's sampling)
+  naive       llama.cpp, one create_completion per prompt (llama-cpp-python's high-level API, which
+              reuses the prefix shared with the previous prompt), questions_per_prompt=1
   llamacpp    this project's llama.cpp backend with the recipe's settings (prefix reuse knob as given)
   torch       the PyTorch backend (batched transformers generate)
-  ceiling     llama.cpp's own prompt-processing and generation speed here, times the tokens the
-              naive run needed
+  ceiling     llama.cpp's own prompt-processing and generation speed here (one sequence, 512-token
+              prompt, 128 greedy tokens), times the tokens the naive run evaluated and generated
 
 Prints a JSON object and a table: candidates/min, prompt and generated tokens/s, peak RSS.
 
@@ -42,6 +43,8 @@ def one(mode: str, args) -> dict:
     embedder = Embedder()
     pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
     backend = create_backend("torch" if mode == "torch" else "llamacpp", card, threads=args.threads)
+    if mode == "naive":
+        backend.batched = False  # one create_completion per prompt
     if mode == "ceiling":
         return ceiling(backend, renderer, args)
     toks = [0, 0]
