@@ -54,7 +54,9 @@ class LlamaCppBackend:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
-        if len(prompts) > 1 and self.batched:
+        # The batch decoder also serves single prompts: one code path, so a prompt gets the same
+        # answer in the loop, the check and `isara chat`.
+        if self.batched:
             return self._decoder().generate(prompts, sampling)
         return self.generate_one_by_one(prompts, sampling)
 
