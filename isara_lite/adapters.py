@@ -50,7 +50,7 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     if cfg.get("use_dora") or cfg.get("use_rslora"):
         raise IsaraError(f"{adapter_dir}: DoRA / rsLoRA adapters cannot be written as GGUF LoRA")
-    alpha, rank = float(cfg["lora_alpha"]), int(cfg["r"])
+    alpha = float(cfg["lora_alpha"])
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise IsaraError(f"{adapter_dir}: per-module rank/alpha patterns are not supported in GGUF LoRA")
 

@@ -107,12 +107,11 @@ def _build(cls, data: dict, where: str):
     if not isinstance(data, dict):
         raise IsaraError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
+    kwargs, defaults = {}, cls()
     for key, value in data.items():
         if key not in known:
             raise IsaraError(f"{where}: unknown key '{key}'{_suggest(str(key), known)}")
-        f = known[key]
-        default = getattr(cls(), key)
+        default = getattr(defaults, key)
         loc = f"{where}.{key}" if where else key
         if is_dataclass(default):
             kwargs[key] = _build(type(default), value, loc)

@@ -5,6 +5,7 @@ back into llama.cpp for the next iteration.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -20,10 +21,8 @@ class LlamaCppBackend:
 
     def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, n_ctx: int = 4096,
                  batched: bool = True, max_seqs: int = 16):
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            raise IsaraError("backend 'llamacpp' needs llama-cpp-python: pip install 'isara_lite[llamacpp]'") from None
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise IsaraError("backend 'llamacpp' needs llama-cpp-python: pip install 'isara_lite[llamacpp]'")
         self.card, self.seed, self.n_ctx = card, seed, n_ctx
         self.threads = default_threads(threads)
         self.device = "cpu"
