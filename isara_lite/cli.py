@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .backends.base import BACKENDS
 from .errors import IsaraError
 
 
@@ -20,7 +21,7 @@ def cli():
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key, e.g. training.epochs=2")
 @click.option("--model", help="model card name, .gguf, local dir or hub id")
-@click.option("--backend", type=click.Choice(["auto", "llamacpp", "torch"]), help="model runtime (recipe default: auto)")
+@click.option("--backend", type=click.Choice(BACKENDS), help="model runtime (recipe default: auto)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/<name>)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def align(recipe, overrides, model, backend, out, resume):
@@ -55,7 +56,7 @@ def models():
 @click.option("--model", help="model card name, .gguf, local dir or hub id")
 @click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path), help="a run directory: use its adapter")
 @click.option("--iteration", type=int, help="which iteration's adapter (default: the last)")
-@click.option("--backend", type=click.Choice(["auto", "llamacpp", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="answer these and exit instead of chatting")
 @click.option("--max-tokens", default=200, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy")

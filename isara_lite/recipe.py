@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from .backends.base import BACKENDS
 from .errors import IsaraError
 
 
@@ -69,7 +70,7 @@ class CheckConfig:
 class Recipe:
     name: str = opt("run", "run directory name under runs/")
     model: str = opt("smollm2-135m-instruct", "model card name, .gguf, local dir or hub id")
-    backend: str = opt("auto", "auto, llamacpp or torch (auto: llamacpp on a CPU when installed)")
+    backend: str = opt("auto", "auto, llamacpp, torch, mlx or unsloth (auto: mlx on Apple silicon, unsloth on CUDA, else llamacpp when installed)")
     seeds: str = opt("seeds/safety.jsonl", "seed pairs (path relative to the recipe)")
     seed: int = opt(0, "random seed")
     iterations: int = opt(2, "ISARA iterations T")
@@ -196,7 +197,7 @@ def validate(r: Recipe, where: str) -> None:
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
         (r.training.schedule in ("cosine", "constant"), "training.schedule", "must be cosine or constant"),
         (r.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),
-        (r.backend in ("auto", "llamacpp", "torch"), "backend", "must be auto, llamacpp or torch"),
+        (r.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}"),
         (r.demonstrations >= r.iterations, "demonstrations",
          "must be at least iterations (one demo from each earlier pool)"),
     ]

@@ -66,24 +66,47 @@ class Backend(Protocol):
         """Generate with this adapter from now on (None: the base model)."""
         ...
 
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its prompt, under the loaded adapter
+        (the prompt is tokenized with BOS as in generate; the continuation is appended as text).
+        Used for likelihood evaluation such as TruthfulQA MC1/MC2."""
+        ...
 
-BACKENDS = ("auto", "llamacpp", "torch")
+
+BACKENDS = ("auto", "llamacpp", "torch", "mlx", "unsloth")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def choose_backend(card) -> tuple[str, str]:
     """(backend, reason) for --backend auto."""
-    import importlib.util
+    import platform
 
-    if importlib.util.find_spec("llama_cpp") is None:
+    if sys.platform == "darwin" and platform.machine() == "arm64" and _installed("mlx_lm"):
+        return "mlx", "Apple silicon with mlx-lm installed"
+    if _installed("unsloth") and _cuda_available():
+        return "unsloth", "CUDA GPU with unsloth installed"
+    if not _installed("llama_cpp"):
         return "torch", "llama-cpp-python is not installed"
     if card.gguf_path(build=False) is None and not card.gguf:
         return "torch", f"model '{card.name}' has no GGUF for llama.cpp"
     return "llamacpp", "CPU: quantized llama.cpp generation, PyTorch LoRA training on the same weights"
 
 
+# backend -> (module it needs, the extra that installs it)
+REQUIRES = {"llamacpp": ("llama_cpp", "llamacpp"), "mlx": ("mlx_lm", "mlx"), "unsloth": ("unsloth", "cuda")}
+
+
 def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0) -> Backend:
     if name == "auto":
         name, _ = choose_backend(card)
+    module, extra = REQUIRES.get(name, (None, None))
+    if module and not _installed(module):
+        raise IsaraError(f"backend '{name}' needs {module}, which is not installed: pip install 'isara_lite[{extra}]'")
     if name == "llamacpp":
         from .llamacpp import LlamaCppBackend
 
@@ -92,7 +115,24 @@ def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed
         from .torch import TorchBackend
 
         return TorchBackend(card, threads=threads, device=device, seed=seed)
+    if name == "mlx":
+        from .mlx import MlxBackend
+
+        return MlxBackend(card, threads=threads, device=device, seed=seed)
+    if name == "unsloth":
+        from .unsloth import UnslothBackend
+
+        return UnslothBackend(card, threads=threads, device=device, seed=seed)
     raise IsaraError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def default_threads(threads: int = 0) -> int:
