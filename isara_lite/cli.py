@@ -24,7 +24,8 @@ def cli():
 @click.option("--backend", type=click.Choice(BACKENDS), help="model runtime (recipe default: auto)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run directory (default runs/<name>)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
-def align(recipe, overrides, model, backend, out, resume):
+@click.option("--force", is_flag=True, help="with --resume: continue even though the recipe changed")
+def align(recipe, overrides, model, backend, out, resume, force):
     """Run the ISARA loop described by RECIPE."""
     from .loop import align as run_align
     from .recipe import load_recipe
@@ -32,7 +33,7 @@ def align(recipe, overrides, model, backend, out, resume):
     extra = [f"model={model}"] if model else []
     extra += [f"backend={backend}"] if backend else []
     r = load_recipe(recipe, [*overrides, *extra])
-    run_align(r, out or Path("runs") / r.name, resume=resume)
+    run_align(r, out or Path("runs") / r.name, resume=resume, force=force)
 
 
 @cli.command()

@@ -48,7 +48,7 @@ class Run:
         return (self.it(t) / "metrics.json").is_file()
 
 
-def prepare_run(recipe: Recipe, out: Path, resume: bool) -> Run:
+def prepare_run(recipe: Recipe, out: Path, resume: bool, force: bool = False) -> Run:
     run = Run(out)
     resolved = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     saved = run.root / "recipe.yaml"
@@ -57,9 +57,11 @@ def prepare_run(recipe: Recipe, out: Path, resume: bool) -> Run:
             raise IsaraError(f"{run.root} already holds a run: pass --resume to continue it, or --out elsewhere")
         old = yaml.safe_load(saved.read_text())
         changed = _diff(old, recipe.to_dict())
-        if changed:
+        if changed and not force:
             raise IsaraError(f"{saved}: the recipe changed since this run started ({', '.join(changed)}); "
-                             f"use a new --out")
+                             f"pass --force to continue with the new recipe, or use a new --out")
+        if changed:
+            atomic_write_text(saved, resolved)
     else:
         atomic_write_text(saved, resolved)
     return run
@@ -82,7 +84,7 @@ def load_seeds(recipe: Recipe, renderer: Renderer) -> list[Sample]:
     return seeds
 
 
-def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None) -> dict:
+def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None, force: bool = False) -> dict:
     ui = ui or UI()
     card = load_card(recipe.model)
     renderer = Renderer(get_format(card.chat_format), card.system)
@@ -92,7 +94,7 @@ def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None)
     if recipe.check.limit:
         harmful, benign = harmful[: recipe.check.limit], benign[: recipe.check.limit]
 
-    run = prepare_run(recipe, out, resume)
+    run = prepare_run(recipe, out, resume, force)
     ui.log_path = run.root / "log.txt"
     write_jsonl(run.root / "seeds.jsonl", [s.to_dict() for s in seeds])
     start = time.time()
