@@ -1,4 +1,4 @@
-"""Crash-safe file writes: whole files by temp + rename, JSONL by fsynced appends."""
+"""Crash-safe file writes: whole files by temp + rename, JSONL by fsynced appends; run locks."""
 
 from __future__ import annotations
 
@@ -74,3 +74,41 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the life of the process.
+
+    flock, not a pid file: the kernel drops the lock when its holder dies, however it dies, so a
+    lock left by a killed run is never stale. The holder's pid is written in the file for the message.
+    """
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not locked there
+            return self
+        from .errors import IsaraError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise IsaraError(f"{self.path.parent}: in use by another isara process (pid {holder}); "
+                             f"wait for it to finish or stop it, then --resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None

@@ -25,7 +25,7 @@ from .backends.base import choose_backend, create_backend, peak_memory_mb
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import run_check, summarize
-from .files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
+from .files import RunLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
 from .generation import generate_batch
 from .models import load_card
 from .prompts import Renderer, get_format
@@ -36,10 +36,12 @@ from .ui import UI
 
 
 class Run:
-    """Paths of one run directory."""
+    """Paths of one run directory, and its lock."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.lock = RunLock(self.root)
+        self.changed: list[str] = []  # recipe keys changed on a --force resume
 
     def it(self, t: int) -> Path:
         return self.root / f"iter_{t}"
@@ -52,10 +54,25 @@ def prepare_run(recipe: Recipe, out: Path, resume: bool, force: bool = False) ->
     run = Run(out)
     resolved = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     saved = run.root / "recipe.yaml"
-    if saved.is_file():
-        if not resume:
+    run.lock.acquire()
+    try:
+        if saved.is_file() and not resume:
             raise IsaraError(f"{run.root} already holds a run: pass --resume to continue it, or --out elsewhere")
-        old = yaml.safe_load(saved.read_text())
+        run.changed = _check_recipe(saved, resolved, recipe, force)
+    except BaseException:
+        run.lock.release()
+        raise
+    return run
+
+
+def _check_recipe(saved: Path, resolved: str, recipe: Recipe, force: bool) -> list[str]:
+    """The recipe keys that differ from the saved one (refused unless force)."""
+    changed: list[str] = []
+    if saved.is_file():
+        try:
+            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None  # hand-edited into garbage: everything counts as changed
         changed = _diff(old, recipe.to_dict())
         if changed and not force:
             raise IsaraError(f"{saved}: the recipe changed since this run started ({', '.join(changed)}); "
@@ -64,7 +81,7 @@ def prepare_run(recipe: Recipe, out: Path, resume: bool, force: bool = False) ->
             atomic_write_text(saved, resolved)
     else:
         atomic_write_text(saved, resolved)
-    return run
+    return changed
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -95,7 +112,16 @@ def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None,
         harmful, benign = harmful[: recipe.check.limit], benign[: recipe.check.limit]
 
     run = prepare_run(recipe, out, resume, force)
+    try:
+        return _align(recipe, run, card, renderer, seeds, harmful, benign, ui)
+    finally:
+        run.lock.release()
+
+
+def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, benign, ui: UI) -> dict:
     ui.log_path = run.root / "log.txt"
+    if run.changed:
+        ui.log(f"--force: continuing with a changed recipe ({', '.join(run.changed)})")
     write_jsonl(run.root / "seeds.jsonl", [s.to_dict() for s in seeds])
     start = time.time()
     ui.log(f"run {run.root}: model {card.name} ({card.chat_format}), backend {recipe.backend}, "

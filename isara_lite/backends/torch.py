@@ -126,6 +126,7 @@ class TorchBackend:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         base = self._base()
+        torch.manual_seed(self.seed)  # LoRA init and dropout: a resumed run must train the same adapter
         if adapter_in is not None:
             model = PeftModel.from_pretrained(base, str(adapter_in), is_trainable=True)
         else:
