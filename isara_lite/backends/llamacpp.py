@@ -108,3 +108,14 @@ class LlamaCppBackend:
         result = self._trainer.train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
         self.load(Path(adapter_out))
         return result
+
+    # -- likelihood scoring (evaluation) ----------------------------------------------------------
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Sum of log p(continuation | prompt) per pair on the GGUF (with the loaded GGUF LoRA),
+        through the multi-sequence decoder; tokens as in generate (BOS, special tokens parsed)."""
+        from .scoring import continuation_tokens
+
+        def encode(text, bos):
+            return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
+
+        return self._decoder().score([continuation_tokens(encode, p, c) for p, c in pairs])

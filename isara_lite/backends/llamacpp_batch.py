@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 
 import llama_cpp as L
+import numpy as np
 
 from ..errors import IsaraError
 from .base import Generation, Sampling
@@ -154,3 +155,44 @@ class BatchDecoder:
             cut = min((text.find(m) for m in sampling.stop if m in text), default=len(text))
             results.append(Generation(text[:cut], len(toks[i]), count[i]))
         return results
+
+    # -- likelihood scoring ----------------------------------------------------------------------
+    def score(self, seqs: list[tuple[list[int], int]]) -> list[float]:
+        """Sum of log p(token) over each sequence's tokens after its first n_prompt ones.
+
+        Several sequences share one llama_batch (one seq id each); logits are requested only at
+        the positions that predict a scored token and read right after the decode that made them."""
+        out = [0.0] * len(seqs)
+        start = 0
+        while start < len(seqs):
+            end, used = start, 0
+            while end < len(seqs) and end - start < self.max_seqs and used + len(seqs[end][0]) <= self.capacity:
+                used += len(seqs[end][0])
+                end += 1
+            if end == start:
+                raise IsaraError(f"a sequence of {len(seqs[start][0])} tokens does not fit the model's "
+                                 f"{self.capacity}-token context")
+            L.llama_memory_clear(self.mem, True)
+            pending: list[tuple[int, int, int]] = []  # (batch index, sequence, the token it predicts)
+            try:
+                for slot, i in enumerate(range(start, end)):
+                    toks, n_prompt = seqs[i]
+                    for pos, tok in enumerate(toks):
+                        if self.batch.n_tokens == 512:
+                            self._harvest(pending, out)
+                        want = max(n_prompt - 1, 0) <= pos < len(toks) - 1
+                        j = self._add(tok, pos, [slot], want)
+                        if want:
+                            pending.append((j, i, toks[pos + 1]))
+                self._harvest(pending, out)
+            finally:
+                self.batch.n_tokens = 0
+            start = end
+        return out
+
+    def _harvest(self, pending, out) -> None:
+        self._decode()
+        for j, i, target in pending:
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, j), shape=(self.n_vocab,))
+            out[i] += float(logits[target]) - float(np.logaddexp.reduce(logits.astype(np.float64)))
+        pending.clear()

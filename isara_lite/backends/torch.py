@@ -13,6 +13,7 @@ from ..errors import IsaraError
 from ..files import atomic_dir, commit_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
+from .scoring import continuation_tokens
 
 
 class RecentRepetitionPenalty(LogitsProcessor):
@@ -209,3 +210,44 @@ class TorchBackend:
             labels[i, : len(y)] = torch.tensor(y)
             mask[i, : len(x)] = 1
         return ids.to(self.device), labels.to(self.device), mask.to(self.device)
+
+    # -- likelihood scoring (evaluation) -------------------------------------------------------
+    def score(self, pairs: list[tuple[str, str]], batch_size: int = 8) -> list[float]:
+        """Sum of log p(continuation tokens | prompt) per pair, under the loaded adapter; batched,
+        right-padded, and the vocabulary projection only at the continuation's positions."""
+        torch = self.torch
+
+        def encode(text, bos):
+            return self.tok(text, add_special_tokens=bos)["input_ids"]
+
+        seqs = [continuation_tokens(encode, p, c) for p, c in pairs]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # similar lengths share a batch
+        out = [0.0] * len(seqs)
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        cap = getattr(inner.config, "final_logit_softcapping", None)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(seqs[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), self.tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            keep = torch.zeros((len(idx), width - 1), dtype=torch.bool)  # position j predicts token j+1
+            for row, i in enumerate(idx):
+                toks, n_prompt = seqs[i]
+                ids[row, :len(toks)] = torch.tensor(toks)
+                mask[row, :len(toks)] = 1
+                keep[row, max(n_prompt - 1, 0):len(toks) - 1] = True
+            if not keep.any():
+                continue
+            ids, mask, keep = ids.to(self.device), mask.to(self.device), keep.to(self.device)
+            with torch.inference_mode():
+                hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+                logits = inner.lm_head(hidden[keep]).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                logp = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][keep].unsqueeze(1)).squeeze(1)
+            rows = keep.nonzero()[:, 0]
+            sums = torch.zeros(len(idx), dtype=torch.float64, device=logp.device)
+            sums.index_add_(0, rows, logp.double())
+            for row, i in enumerate(idx):
+                out[i] = float(sums[row])
+        return out
