@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -82,6 +83,32 @@ def export(run, fmt, iteration, out):
     click.echo(run_export(run, fmt, out, iteration))
 
 
+@cli.command(name="eval")
+@click.option("--model", help="model card name, .gguf, local dir or hub id (default: the run's, or the bundled model)")
+@click.option("--adapter", type=click.Path(file_okay=False, path_type=Path), help="a PEFT adapter directory")
+@click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path), help="a run directory: use its adapter")
+@click.option("--iteration", type=int, help="with --run: which iteration's adapter (default: the last)")
+@click.option("--suite", type=click.Choice(["safety", "truthfulness", "instructions", "all"]), default="all",
+              show_default=True)
+@click.option("--data", type=click.Path(exists=True, path_type=Path),
+              help="folder with the public data sets (default: download once into the cache)")
+@click.option("--full", is_flag=True, help="every item instead of the fixed stratified subsets")
+@click.option("--limit", type=int, help="at most N items per data set (quick looks)")
+@click.option("--judge", help="refusal|regex|classifier (safety), reference|reference-embed (instructions), "
+                              "llm:MODEL or openai:MODEL (both)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="output folder (default RUN/eval/iter_t or evals/<model>)")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--threads", default=0, help="CPU threads (0: all)")
+@click.option("--max-tokens", default=200, show_default=True, help="new tokens per answer (greedy)")
+def eval_(model, adapter, run, iteration, suite, data, full, limit, judge, out, backend, threads, max_tokens):
+    """Evaluate a model or a run: safety, truthfulness, instruction following."""
+    from .evaluation.run import evaluate
+
+    evaluate(model=model, adapter=adapter, run=run, iteration=iteration, suite=suite, data=data, full=full,
+             limit=limit, judge=judge, out=out, backend=backend, threads=threads, max_tokens=max_tokens)
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
@@ -94,6 +121,11 @@ def main():
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as e:  # the disk filled up, a folder is read-only...: say which file, keep the run resumable
+        what = f"{e.strerror or e} ({e.filename})" if e.filename else str(e.strerror or e)
+        hint = "; free some space, then --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        click.echo(f"error: {what}{hint}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished work is saved; continue with `isara align RECIPE --resume`", err=True)
         sys.exit(130)
