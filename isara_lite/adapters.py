@@ -1,4 +1,5 @@
-"""LoRA conversions: PEFT (safetensors) -> GGUF LoRA adapter that llama.cpp loads with lora_path.
+"""LoRA conversions: PEFT (safetensors) -> GGUF LoRA adapter that llama.cpp loads with lora_path, and
+PEFT <-> mlx-lm (see the section below), so one adapter moves between torch, llama.cpp and MLX.
 
 Written on the `gguf` package (GGUFWriter, tensor name maps). For llama-family models llama.cpp's
 converter permutes the rows of q and k (rotary layout); LoRA B shares the output rows, so it gets
@@ -134,3 +135,114 @@ def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path)
     if deltas:
         raise IsaraError(f"{adapter_gguf}: LoRA tensors with no match in {base_gguf}: {sorted(deltas)[:3]}")
     return _finish(writer, tmp, out)
+
+
+# -- PEFT <-> MLX (mlx-lm) ---------------------------------------------------------------------
+# PEFT stores lora_A (r, in) and lora_B (out, r) and scales B @ A by lora_alpha / r (alpha / sqrt(r)
+# with rsLoRA). mlx-lm's LoRALinear computes (x @ lora_a) @ lora_b * scale, so lora_a = A.T (in, r),
+# lora_b = B.T (r, out), and one `scale` for every layer. Module paths are the same on both sides
+# for the architectures mlx-lm mirrors from transformers (llama, qwen2, gemma3_text): PEFT's key is
+# "base_model.model.<module>.lora_A.weight", mlx-lm's parameter is "<module>.lora_a".
+
+_LAYER = re.compile(r"^(?:.*\.)?layers\.(?P<i>\d+)\.(?P<key>.+)$")
+
+
+def read_peft(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(adapter_config, tensors) of a PEFT LoRA directory, with clear errors for what we cannot map."""
+    from safetensors.numpy import load_file
+
+    adapter_dir = Path(adapter_dir)
+    cfg_path, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file() or not cfg_path.is_file():
+        raise IsaraError(f"{adapter_dir}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise IsaraError(f"{adapter_dir}: a {cfg.get('peft_type')} adapter, not LoRA")
+    if cfg.get("use_dora"):
+        raise IsaraError(f"{adapter_dir}: DoRA adapters are not supported")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise IsaraError(f"{adapter_dir}: per-module rank/alpha patterns are not supported")
+    if cfg.get("modules_to_save"):
+        raise IsaraError(f"{adapter_dir}: modules_to_save (fully trained modules) are not supported")
+    if cfg.get("fan_in_fan_out"):
+        raise IsaraError(f"{adapter_dir}: fan_in_fan_out (Conv1D) LoRA is not supported")
+    return cfg, load_file(str(weights))
+
+
+def peft_scale(cfg: dict) -> float:
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    return alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
+
+
+def peft_to_mlx(cfg: dict, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """PEFT (config, tensors) -> (mlx-lm weights, lora_parameters {rank, scale, dropout, keys}).
+
+    keys are module paths relative to a transformer block ("self_attn.q_proj"), as mlx-lm's
+    linear_to_lora_layers takes them; modules outside the blocks keep their full path."""
+    out: dict[str, np.ndarray] = {}
+    keys: set[str] = set()
+    for name, w in tensors.items():
+        m = _KEY.match(name)
+        if not m:
+            raise IsaraError(f"unexpected tensor '{name}' in a PEFT LoRA (only lora_A/lora_B weights are supported)")
+        module = m["module"]
+        if w.ndim != 2 or w.shape[0 if m["ab"] == "A" else 1] != int(cfg["r"]):
+            raise IsaraError(f"tensor '{name}' has shape {w.shape}, not a rank-{cfg['r']} LoRA factor")
+        out[f"{module}.lora_{m['ab'].lower()}"] = np.ascontiguousarray(w.T)
+        layer = _LAYER.match(module)
+        keys.add(layer["key"] if layer else module)
+    if not out:
+        raise IsaraError("the PEFT adapter has no LoRA tensors")
+    params = {"rank": int(cfg["r"]), "scale": peft_scale(cfg), "dropout": float(cfg.get("lora_dropout") or 0.0),
+              "keys": sorted(keys)}
+    return out, params
+
+
+def mlx_num_layers(weights: dict[str, np.ndarray], n_layers: int) -> int:
+    """mlx-lm puts LoRA on the last num_layers blocks: from the lowest block the adapter touches."""
+    found = [int(m["i"]) for k in weights if (m := _LAYER.match(k))]
+    return n_layers - min(found) if found else 0
+
+
+def mlx_to_peft(weights: dict[str, np.ndarray], lora_parameters: dict,
+                base_model: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """mlx-lm LoRA weights {"<module>.lora_a": (in, r), "<module>.lora_b": (r, out)} and its
+    lora_parameters -> PEFT (adapter_config, tensors). alpha = scale * r keeps PEFT's alpha / r."""
+    r = int(lora_parameters["rank"])
+    tensors: dict[str, np.ndarray] = {}
+    leaves: set[str] = set()
+    for name, w in weights.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf not in ("lora_a", "lora_b"):
+            raise IsaraError(f"unexpected mlx adapter tensor '{name}' (only lora_a/lora_b; DoRA is not supported)")
+        tensors[f"base_model.model.{module}.lora_{leaf[-1].upper()}.weight"] = np.ascontiguousarray(np.asarray(w).T)
+        leaves.add(module.rpartition(".")[2])
+    cfg = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": r, "lora_alpha": float(lora_parameters["scale"]) * r, "lora_dropout": float(lora_parameters.get("dropout", 0.0)),
+        "target_modules": sorted(leaves), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+        "use_dora": False, "modules_to_save": None, "inference_mode": True, "init_lora_weights": True,
+        "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+    }
+    return cfg, tensors
+
+
+def write_peft(out: Path, cfg: dict, tensors: dict[str, np.ndarray]) -> Path:
+    """Fill a (temporary) directory with adapter_config.json + adapter_model.safetensors."""
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+def write_mlx_adapter(out: Path, weights: dict[str, np.ndarray], lora_parameters: dict, num_layers: int) -> Path:
+    """Fill a directory with what mlx_lm.load(model, adapter_path=out) reads."""
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "adapters.safetensors"), metadata={"format": "mlx"})
+    cfg = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": lora_parameters}
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
