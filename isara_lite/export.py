@@ -1,5 +1,6 @@
-"""`isara export`: a run's adapter as PEFT, as a GGUF LoRA for llama.cpp, or merged into one GGUF
-that llama.cpp and Ollama load on their own (chat template and stop token kept from the base)."""
+"""`isara export`: a run's adapter as PEFT, as a GGUF LoRA for llama.cpp, merged into one GGUF
+that llama.cpp and Ollama load on their own (chat template and stop token kept from the base), or as
+an mlx-lm adapter directory for `mlx_lm.load(model, adapter_path=...)`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
-from .adapters import merge_gguf, peft_to_gguf
+from .adapters import merge_gguf, mlx_num_layers, peft_to_gguf, peft_to_mlx, read_peft, write_mlx_adapter
 from .chat import run_adapter
 from .errors import IsaraError
 from .files import atomic_dir, commit_dir
 from .models import load_card
 
-FORMATS = ("peft", "gguf-adapter", "merged-gguf")
+FORMATS = ("peft", "gguf-adapter", "merged-gguf", "mlx")
 
 
 def export(run: Path, fmt: str, out: Path | None = None, iteration: int | None = None) -> Path:
@@ -33,6 +34,14 @@ def export(run: Path, fmt: str, out: Path | None = None, iteration: int | None =
         out = out or run / "export" / f"{stem}-lora.gguf"
         out.parent.mkdir(parents=True, exist_ok=True)
         return peft_to_gguf(adapter, hf_config, out)
+    if fmt == "mlx":
+        out = out or run / "export" / f"{stem}-mlx"
+        weights, params = peft_to_mlx(*read_peft(adapter))
+        text_cfg = hf_config.get("text_config", hf_config)
+        tmp = atomic_dir(out)
+        write_mlx_adapter(tmp, weights, params, mlx_num_layers(weights, text_cfg["num_hidden_layers"]))
+        commit_dir(tmp, out)
+        return out
     if fmt == "merged-gguf":
         base = card.gguf_path()
         if base is None:
