@@ -125,12 +125,14 @@ class MlxBackend:
         return len(self._encode(text))
 
     def _stops(self, stops) -> tuple[list[int], list[str]]:
-        """Single-token stops (chat markers) end a sequence inside the generator, like EOS; longer
-        stop strings are found in the decoded text (their tokenization depends on context)."""
+        """Stops that are special tokens (chat markers) end a row inside the generator, like EOS;
+        any other stop is found in the decoded text, since the model may write it inside a
+        longer token (" Paris" for "Paris") or split across tokens."""
+        special = set(self.tok.all_special_tokens) | set(self.tok.get_added_vocab())
         ids, strings = [self.tok.eos_token_id], []
         for s in stops:
             enc = self.tok(s, add_special_tokens=False)["input_ids"]
-            (ids.append(enc[0]) if len(enc) == 1 else strings.append(s))
+            (ids.append(enc[0]) if s in special and len(enc) == 1 else strings.append(s))
         return list(dict.fromkeys(ids)), strings
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
@@ -177,24 +179,33 @@ class MlxBackend:
 
     # -- scoring -------------------------------------------------------------------------------
     def token_logprobs(self, pairs: list[tuple[str, str]], batch_size: int = 8) -> list[np.ndarray]:
-        """Per-token log-probabilities of each continuation given its prompt (teacher forced)."""
+        """Per-token log-probabilities of each continuation given its prompt (teacher forced),
+        tokenized as the other backends' score() does (scoring.continuation_tokens)."""
+        from .scoring import continuation_tokens
+
+        def encode(text, bos):
+            return self.tok(text, add_special_tokens=bos)["input_ids"]
+
         mx = self.mx
         self.model.eval()
         out = []
         for start in range(0, len(pairs), batch_size):
             rows = []
             for prompt, cont in pairs[start:start + batch_size]:
-                p, c = self._encode(prompt), self.tok(cont, add_special_tokens=False)["input_ids"]
-                if not p:
+                toks, n = continuation_tokens(encode, prompt, cont)
+                if n == 0:
                     raise IsaraError("an empty prompt cannot be scored (the tokenizer adds no BOS)")
-                rows.append((p + c, [IGNORE] * len(p) + c))
+                rows.append((toks, [IGNORE] * n + toks[n:]))
             ids, labels = self._pad(rows)
             idx, targets = self._targets(labels)
+            if not len(targets):
+                out += [np.zeros(0, np.float32) for _ in rows]
+                continue
             logits = self._answer_logits(ids, idx)
             lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             picked = np.array(mx.take_along_axis(lp, mx.array(targets)[:, None], axis=-1)[:, 0])
             n = 0
-            for _, lab in rows:
+            for toks, lab in rows:
                 k = sum(1 for t in lab if t != IGNORE)
                 out.append(picked[n:n + k])
                 n += k
@@ -251,25 +262,47 @@ class MlxBackend:
 
         remove_lora_layers(self.model)
 
+    def _check(self, weights: dict) -> None:
+        """Every LoRA factor names a Linear of this model with matching sizes; checked before the
+        loaded adapter is touched, so a bad adapter leaves the current one in place."""
+        modules = dict(self.model.named_modules())
+        for name, w in weights.items():
+            module, _, leaf = name.rpartition(".")
+            m = modules.get(module)
+            m = getattr(m, "linear", m)  # already wrapped by a LoRA layer
+            if m is None or getattr(m, "weight", None) is None or m.weight.ndim != 2:
+                raise IsaraError(f"adapter tensor '{name}': model '{self.card.name}' has no linear layer "
+                                 f"'{module}' (module names differ between PEFT and mlx-lm for this architecture?)")
+            out_dims, in_dims = m.weight.shape
+            if isinstance(m, self._nn().QuantizedLinear):
+                in_dims = in_dims * 32 // m.bits
+            want = (in_dims, w.shape[1]) if leaf == "lora_a" else (w.shape[0], out_dims)
+            if tuple(w.shape) != want:
+                raise IsaraError(f"adapter tensor '{name}' has shape {tuple(w.shape)}, the model expects {want} "
+                                 "(an adapter for another model?)")
+
+    @staticmethod
+    def _nn():
+        import mlx.nn as nn
+
+        return nn
+
     def _attach(self, lora_parameters: dict, num_layers: int, weights: dict | None) -> None:
         """LoRA layers on the frozen base; weights (mlx names) replace their fresh initialization."""
         from mlx.utils import tree_flatten
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
+        if weights is not None:
+            self._check(weights)
         self._strip()
         self.model.freeze()
         self.mx.random.seed(self.seed)  # the fresh lora_a init, as PEFT's is seeded by torch
         linear_to_lora_layers(self.model, num_layers, lora_parameters)
         if weights is None:
             return
-        params = dict(tree_flatten(self.model.trainable_parameters()))
-        for name, w in weights.items():
-            if name not in params:
-                raise IsaraError(f"adapter tensor '{name}' has no LoRA layer in model '{self.card.name}' "
-                                 "(module names differ between PEFT and mlx-lm for this architecture?)")
-            if tuple(params[name].shape) != w.shape:
-                raise IsaraError(f"adapter tensor '{name}' has shape {w.shape}, the model expects "
-                                 f"{tuple(params[name].shape)} (an adapter for another model?)")
+        missing = set(weights) - set(k for k, _ in tree_flatten(self.model.trainable_parameters()))
+        if missing:  # _check passed, so only a key/num_layers mapping bug can land here
+            raise IsaraError(f"adapter tensors with no LoRA layer after conversion: {sorted(missing)[:3]}")
         self.model.load_weights([(k, self.mx.array(v)) for k, v in weights.items()], strict=False)
         self.mx.eval(self.model.parameters())
 
