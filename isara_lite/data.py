@@ -77,8 +77,8 @@ def record_to_pair(r, loc: str) -> tuple[str, str]:
             partial = [names for names, _ in SHAPES if names[0] in r]
             if partial:
                 missing = next(n for n in partial[0] if n not in r)
-                raise IsaraError(f"{where(loc, field=missing)} is missing (record has {sorted(r)})")
-            raise IsaraError(f"{loc}: no known fields; expected {SHAPE_HELP}, got {sorted(r)}")
+                raise IsaraError(f"{where(loc, field=missing)} is missing (record has {sorted(map(str, r))})")
+            raise IsaraError(f"{loc}: no known fields; expected {SHAPE_HELP}, got {sorted(map(str, r))}")
         names, get = full[0]
         pair = get(r)
     for name, value in zip(names, pair):
@@ -125,7 +125,13 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     if suffix in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
         try:
-            return [(reader.line_num, dict(row)) for row in reader]
+            rows = []
+            for row in reader:
+                if None in row:  # DictReader files values beyond the header under the key None
+                    raise IsaraError(f"{where(path, reader.line_num)}: {len(reader.fieldnames or [])} columns in "
+                                     f"the header, more values on this line")
+                rows.append((reader.line_num, dict(row)))
+            return rows
         except csv.Error as e:
             raise IsaraError(f"{where(path, reader.line_num)}: bad CSV: {e}") from None
     raise IsaraError(f"{path}: unknown format '{suffix}'; use .jsonl, .json or .csv")

@@ -114,10 +114,13 @@ class Renderer:
         return start + self._open() + f"{question}{f.user_close}{f.assistant_open}"
 
     def validate(self, text: str, loc: str) -> None:
-        """Seed text must not carry this format's control markers: they would break the conversation."""
-        for marker in self.fmt.stops:
+        """Seed text must not carry turn markers of any format: in this format's they break the
+        conversation, and generated text is cut at all of them, so a demo carrying one teaches cut output."""
+        for marker in (*self.fmt.stops, *TURN_MARKERS):
             if marker in text:
-                raise IsaraError(f"{loc} contains '{marker}', a turn marker of the '{self.fmt.name}' format")
+                owner = next(f.name for f in FORMATS.values() if marker in f.stops)
+                raise IsaraError(f"{loc} contains '{marker}', a turn marker of the '{owner}' chat format; "
+                                 f"seed text must not contain turn markers")
 
 
 def cut(text: str, markers=TURN_MARKERS) -> str:

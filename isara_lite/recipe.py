@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def _build(cls, data: dict, where: str):
     kwargs, defaults = {}, cls()
     for key, value in data.items():
         if key not in known:
-            raise IsaraError(f"{where}: unknown key '{key}'{_suggest(str(key), known)}")
+            raise IsaraError(f"{where}: unknown key '{_show(str(key))}'{_suggest(str(key), known)}")
         default = getattr(defaults, key)
         loc = f"{where}.{key}" if where else key
         if is_dataclass(default):
@@ -122,8 +123,10 @@ def _build(cls, data: dict, where: str):
 
 
 def _coerce(value, default, loc):
-    if default is None or value is None:
-        if value is not None and not isinstance(value, str):
+    if value is None:  # `key:` with nothing after it keeps the default
+        return default
+    if default is None:
+        if not isinstance(value, str):
             raise IsaraError(f"{loc}: expected a path string, got {value!r}")
         return value
     kind = type(default)
@@ -136,14 +139,21 @@ def _coerce(value, default, loc):
         value = str(value)  # name: 2024
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise IsaraError(f"{loc}: expected {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise IsaraError(f"{loc}: must be a finite number, got {value!r}")
     if kind in (int, float) and value < 0:
         raise IsaraError(f"{loc}: must not be negative, got {value!r}")
     return value
 
 
+def _show(text: str) -> str:
+    """Text as typed, or its repr when it holds newlines or other control characters (one-line errors)."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse_override(item: str) -> tuple[list[str], object]:
     if "=" not in item:
-        raise IsaraError(f"--set {item}: expected key=value")
+        raise IsaraError(f"--set {_show(item)}: expected key=value")
     key, raw = item.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw else ""
@@ -164,7 +174,8 @@ def load_recipe(path: str | Path | None, overrides=()) -> Recipe:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise IsaraError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+            why = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever yaml wrote
+            raise IsaraError(f"{path}{line}: invalid YAML: {why}") from None
         except UnicodeDecodeError:
             raise IsaraError(f"{path}: not valid UTF-8") from None
         if not isinstance(data, dict):
@@ -178,7 +189,7 @@ def load_recipe(path: str | Path | None, overrides=()) -> Recipe:
                 node[k] = {}
             node = node[k]
             if not isinstance(node, dict):
-                raise IsaraError(f"--set {item}: '{k}' is not a section")
+                raise IsaraError(f"--set {_show(item)}: '{k}' is not a section")
         node[keys[-1]] = value
     recipe = _build(Recipe, data, str(path) if path else "recipe")
     recipe.base_dir = str(base)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from isara_lite.data import Sample
@@ -139,11 +141,13 @@ def test_validate_rejects_chatml_markers():
         r.validate("done<|im_end|>", "x")
 
 
-def test_validate_accepts_clean_text_and_other_formats_markers():
-    Renderer(get_format("chatml")).validate("Plain text, even with USER: in it.", "x")
-    Renderer(get_format("transcript")).validate("text with <|im_start|>", "x")
-    with pytest.raises(IsaraError, match="USER:"):
-        Renderer(get_format("transcript")).validate("USER: hi", "x")
+def test_validate_accepts_clean_text_and_rejects_every_formats_markers():
+    Renderer(get_format("chatml")).validate("Plain text, even with user: and <im_start> in it.", "x")
+    # generated text is cut at every format's markers, so a seed with any of them is refused
+    for fmt, marker in [("chatml", "USER:"), ("chatml", "ASSISTANT:"), ("transcript", "<|im_start|>"),
+                        ("gemma", "[INST]"), ("llama3", "<end_of_turn>")]:
+        with pytest.raises(IsaraError, match=re.escape(marker)):
+            Renderer(get_format(fmt)).validate(f"text with {marker} inside", "x")
 
 
 def test_get_format_known_and_unknown():
