@@ -82,10 +82,14 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
 
 def _finish(writer, tmp: Path, out: Path) -> Path:
     """Write the file under a temporary name, then move it into place."""
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # a half-written file must not fill the disk or be mistaken for output
+        raise
     os.replace(tmp, out)
     return out
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -68,10 +71,24 @@ def atomic_dir(final: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
 
 
+@contextmanager
+def writing_dir(final: Path):
+    """Fill a temp dir, then move it onto `final`; on failure the temp dir goes and `final` stays as it was.
+    Writers that report a full disk in their own exception type (safetensors) get a plain OSError."""
+    final = Path(final)
+    tmp = atomic_dir(final)
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError) and "os error 28" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from e
+        raise
+    commit_dir(tmp, final)
+
+
 def commit_dir(tmp: Path, final: Path) -> None:
     if final.exists():
-        import shutil
-
         shutil.rmtree(final)
     os.replace(tmp, final)
 

@@ -56,6 +56,8 @@ def prepare_run(recipe: Recipe, out: Path, resume: bool, force: bool = False) ->
     saved = run.root / "recipe.yaml"
     run.lock.acquire()
     try:
+        if not run.done(0):  # nothing finished yet (say the model failed to load): start afresh
+            saved.unlink(missing_ok=True)
         if saved.is_file() and not resume:
             raise IsaraError(f"{run.root} already holds a run: pass --resume to continue it, or --out elsewhere")
         run.changed = _check_recipe(saved, resolved, recipe, force)

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,8 +120,13 @@ def derive_hf(gguf: Path, target: Path) -> Path:
     import torch
 
     tmp = atomic_dir(target)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as e:  # a truncated or foreign file fails deep inside the gguf reader
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = " ".join(str(e).split())[:200]
+        raise IsaraError(f"{gguf}: not a GGUF model transformers can read ({type(e).__name__}: {why})") from None
     # transformers marks GGUF-loaded models as quantized; the weights are plain fp32 now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -145,7 +151,7 @@ def _card_from_file(path: Path) -> ModelCard:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise IsaraError(f"{path}: invalid YAML: {e}") from None
+        raise IsaraError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise IsaraError(f"{path}: a model card must be a mapping")
     unknown = set(data) - set(ModelCard.__dataclass_fields__)

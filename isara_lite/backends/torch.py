@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import IsaraError
-from ..files import atomic_dir, commit_dir
+from ..files import writing_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
 from .scoring import continuation_tokens
@@ -178,9 +178,8 @@ class TorchBackend:
 
         if config.gradient_checkpointing:
             model.gradient_checkpointing_disable()
-        tmp = atomic_dir(Path(adapter_out))
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        commit_dir(tmp, Path(adapter_out))
+        with writing_dir(Path(adapter_out)) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
         self.model = model.eval()
         self.adapter = Path(adapter_out)
         return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
