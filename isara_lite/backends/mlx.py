@@ -22,6 +22,9 @@ from .base import Generation, Sampling, TrainResult, default_threads
 from .base import peak_memory_mb as _process_peak_mb
 
 
+MAX_ROWS = 16  # sequences decoded together (their KV caches live at once), as the llamacpp backend's max_seqs
+
+
 def config_overrides(hf_config: dict) -> dict:
     """transformers 5 writes `rope_parameters` where mlx-lm's model args read rope_theta /
     rope_scaling (and gemma3's rope_local_base_freq); without this the rotary base silently falls
@@ -153,9 +156,10 @@ class MlxBackend:
             procs = [make_repetition_penalty(sampling.repetition_penalty, last_n)]
         self.model.eval()
         mx.random.seed(sampling.seed)
+        rows = min(len(toks), MAX_ROWS)  # more prompts wait and join as rows finish
         gen = BatchGenerator(self.model, max_tokens=sampling.max_tokens, stop_tokens=[[t] for t in stop_ids],
                              sampler=_sampler(sampling), logits_processors=procs,
-                             prefill_batch_size=len(toks), completion_batch_size=len(toks))
+                             prefill_batch_size=rows, completion_batch_size=rows)
         try:
             uids = gen.insert(toks, [sampling.max_tokens] * len(toks))
             out = {u: [] for u in uids}
@@ -352,10 +356,14 @@ class MlxBackend:
             params = {"rank": config.lora_rank, "scale": config.lora_alpha / config.lora_rank,
                       "dropout": config.lora_dropout, "keys": self._lora_keys(config.target_modules)}
             self._attach(params, self.n_layers, None)
-        if config.gradient_checkpointing:
+        block = type(self.model.layers[0])
+        if config.gradient_checkpointing and not getattr(block, "_isara_checkpointed", False):
             from mlx_lm.tuner.trainer import grad_checkpoint
 
-            grad_checkpoint(self.model.layers[0])  # patches the block class: recompute in backward
+            # mlx-lm patches the block class for good (generation then runs through mx.checkpoint,
+            # which costs nothing without a backward pass); once, or the wrappers would nest
+            grad_checkpoint(self.model.layers[0])
+            block._isara_checkpointed = True
         model = self.model
 
         eos = self.tok.eos_token_id
