@@ -1,0 +1,80 @@
+"""Accuracy of the offline judges, printed as JSON and a table.
+
+refusal judges: stratified 5-fold accuracy on isara_lite/evaluation/judge_data/refusal.jsonl
+(220 labelled responses written for this project); the regex judge has nothing to fit, its
+per-fold figures are on the same test folds. With --llm MODEL also the LLM judge (whole set).
+reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
+prefers text-davinci-003's answer to the instruction over its answer to another instruction,
+with GPT-4's answer as the reference (needs ../shared/data or --data).
+
+  .venv/bin/python benchmarks/judges.py [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from isara_lite.evaluation import datasets as ds
+from isara_lite.evaluation.judges import ReferenceJudge, cross_validate, get_judge, load_labelled
+from isara_lite.retrieval import Embedder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--llm", help="also measure the llm:MODEL judge on the labelled set")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    embedder = Embedder()
+    t0 = time.time()
+    report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
+    report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
+    if args.llm:
+        texts, labels = load_labelled()
+        j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
+        said = j.refused(["(a request)"] * len(texts), texts)
+        report["llm"] = {"judge": j.name, "accuracy": float(sum(s == bool(y) for s, y in zip(said, labels)) / len(texts)),
+                         "n": len(texts)}
+    if args.data.is_dir():
+        refs = ds.alpaca_eval(args.data)
+        cand = ds.alpaca_eval(args.data, "alpaca_eval_davinci003")
+        by = {r["instruction"]: r["reference"] for r in cand}
+        items = [r for r in refs if r["instruction"] in by]
+        rng = random.Random(0)
+        items = rng.sample(items, min(args.pairs, len(items)))
+        others = [by[rng.choice(items)["instruction"]] for _ in items]
+        matched = [by[r["instruction"]] for r in items]
+        report["reference_sanity"] = {}
+        for name, judge in (("reference", ReferenceJudge("rouge")), ("reference-embed", ReferenceJudge("embed", embedder))):
+            prefs = judge.prefer([r["instruction"] for r in items], matched, others, [r["reference"] for r in items])
+            report["reference_sanity"][name] = {"matched_preferred": sum(prefs) / len(prefs), "n": len(prefs)}
+    print(json.dumps(report, indent=2))
+
+    t = Table(title="judge accuracy")
+    for col in ("judge", "data", "accuracy", "per fold"):
+        t.add_column(col)
+    cv = report["refusal_kfold"]
+    for name in ("regex", "classifier", "refusal"):
+        t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{cv[name]['mean']:.3f}",
+                  " ".join(f"{x:.2f}" for x in cv[name]["folds"]))
+    if "llm" in report:
+        t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
+    for name, v in report.get("reference_sanity", {}).items():
+        t.add_row(name, f"AlpacaEval matched vs mismatched answer, {v['n']} pairs", f"{v['matched_preferred']:.3f}", "")
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    main()
