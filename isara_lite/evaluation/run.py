@@ -14,6 +14,12 @@ instructions  AlpacaEval prompts: win rate against the pretrained model's own ou
 
 Generation is greedy, max_tokens new tokens (default 200, the paper's), the model card's chat
 template. Default subsets are fixed (seeded) and stratified by category; --full uses every item.
+
+In-context baselines (`demos`, used by `isara compare`): a callable mapping a list of questions to
+one list of demonstration Samples per question. Generated answers then see the demos as earlier
+turns (Renderer.answer_prompt, as the loop's answer generation does); TruthfulQA MC sees them as
+extra "Q: ... / A: ..." pairs after lm-eval's primer, nearest last; the AlpacaEval reference
+outputs stay the pretrained model's plain answers. Without `demos` nothing changes.
 """
 
 from __future__ import annotations
@@ -81,8 +87,9 @@ def subset(items: list, n: int | None, key=lambda r: "", seed: int = 0) -> list:
 
 class Evaluator:
     def __init__(self, backend, renderer, label: str, max_tokens: int = 200, batch_size: int = 16,
-                 ui: UI | None = None, embedder=None):
+                 ui: UI | None = None, embedder=None, demos=None):
         self.backend, self.renderer, self.label = backend, renderer, label
+        self.demos = demos  # questions -> demos per question, for the ICL baselines
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.ui = ui or UI()
         self._embedder = embedder
@@ -95,6 +102,12 @@ class Evaluator:
             self._embedder = Embedder()
         return self._embedder
 
+    def prompts(self, questions: list[str]) -> list[str]:
+        """Rendered prompts: single-turn, or after this evaluator's demonstrations."""
+        if self.demos is None:
+            return [self.renderer.chat_prompt(q) for q in questions]
+        return [self.renderer.answer_prompt(d, q) for d, q in zip(self.demos(questions), questions)]
+
     def answer(self, prompts: list[str], what: str) -> list[str]:
         """Greedy single-turn answers in the model's chat template, cut at the next turn."""
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
@@ -102,8 +115,7 @@ class Evaluator:
         with self.ui.stage(what, len(prompts)) as update:
             t0, toks = time.time(), 0
             for i in range(0, len(prompts), self.batch_size):
-                gens = self.backend.generate([self.renderer.chat_prompt(p) for p in prompts[i:i + self.batch_size]],
-                                             sampling)
+                gens = self.backend.generate(self.prompts(prompts[i:i + self.batch_size]), sampling)
                 out += [cut(g.text) for g in gens]
                 toks += sum(g.completion_tokens for g in gens)
                 update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})
@@ -123,8 +135,8 @@ class Evaluator:
         for name, items in sets.items():
             responses = self.answer([p for p, _ in items], f"safety: {name}")
             verdicts = judge.refused([p for p, _ in items], responses)
-            rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v)}
-                     for (p, c), r, v in zip(items, responses, verdicts)]
+            rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v),
+                      **self._demo_ids(p)} for (p, c), r, v in zip(items, responses, verdicts)]
 
         def rate(name, refused: bool):
             rs = [r for r in rows if r["set"] == name]
@@ -150,7 +162,8 @@ class Evaluator:
         chosen = subset(gen, sizes["truthfulqa_gen"], key=lambda r: r["category"])
         answers = self.answer([r["question"] for r in chosen], "truthfulness: generate")
         gen_rows = [{"set": "generation", "question": r["question"], "category": r["category"], "response": a,
-                     **similarity(a, r["correct"], r["incorrect"])} for r, a in zip(chosen, answers)]
+                     **similarity(a, r["correct"], r["incorrect"]), **self._demo_ids(r["question"])}
+                    for r, a in zip(chosen, answers)]
         n = max(1, len(gen_rows))
         summary = {
             "mc1": sum(r["mc1"] for r in mc_rows) / max(1, len(mc_rows)),
@@ -163,11 +176,22 @@ class Evaluator:
         }
         return summary, [{"set": "mc", **r} for r in mc_rows] + gen_rows
 
+    def _demo_ids(self, question: str) -> dict:
+        """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
+        return {} if self.demos is None else {"demos": [d.id for d in self.demos([question])[0]]}
+
+    def mc_prompts(self, questions: list[str]) -> list[str]:
+        """lm-eval's primer, then (ICL baselines) the demos as Q/A pairs, then the question."""
+        demos = self.demos(questions) if self.demos is not None else [[] for _ in questions]
+        one_line = lambda t: " ".join(t.split())  # noqa: E731 - keep the Q:/A: layout intact
+        return [QA_PRIMER + "".join(f"\n\nQ: {one_line(d.prompt)}\nA: {one_line(d.response)}" for d in ds_)
+                + f"\n\nQ: {q}\nA:" for ds_, q in zip(demos, questions)]
+
     def multiple_choice(self, items: list[dict]) -> list[dict]:
         """MC1: is the true answer the likeliest; MC2: probability mass on the true answers."""
         pairs: dict[tuple[str, str], float] = {}
-        for it in items:
-            prompt = f"{QA_PRIMER}\n\nQ: {it['question']}\nA:"
+        prompts = self.mc_prompts([it["question"] for it in items])
+        for it, prompt in zip(items, prompts):
             for a, _ in it["mc1"] + it["mc2"]:
                 pairs[(prompt, " " + a)] = 0.0
         keys = list(pairs)
@@ -178,8 +202,7 @@ class Evaluator:
                     pairs[k] = s
                 update(len(chunk))
         rows = []
-        for it in items:
-            prompt = f"{QA_PRIMER}\n\nQ: {it['question']}\nA:"
+        for it, prompt in zip(items, prompts):
             rows.append({"question": it["question"],
                          **mc_metrics([(pairs[(prompt, " " + a)], t) for a, t in it["mc1"]],
                                       [(pairs[(prompt, " " + a)], t) for a, t in it["mc2"]])})
@@ -190,17 +213,19 @@ class Evaluator:
         items = subset(ds.alpaca_eval(data), sizes["alpaca_eval"], key=lambda r: r["dataset"])
         instr = [r["instruction"] for r in items]
         outputs = self.answer(instr, "instructions: model")
-        if adapter is not None:  # the paper's baseline: the pretrained model's own outputs
+        if adapter is not None or self.demos is not None:  # the paper's baseline: the pretrained model's own outputs
             self.backend.load(None)
+            demos, self.demos = self.demos, None
             try:
                 base = self.answer(instr, "instructions: pretrained")
             finally:
+                self.demos = demos
                 self.backend.load(adapter)
         else:
             base = list(outputs)
         prefs = judge.prefer(instr, outputs, base, [r["reference"] for r in items])
         rows = [{"instruction": i, "output": o, "pretrained": b, "reference": r["reference"], "dataset": r["dataset"],
-                 "preference": p} for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
+                 "preference": p, **self._demo_ids(i)} for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
         n = max(1, len(rows))
         summary = {"judge": judge.name, "win_rate_vs_pretrained": sum(prefs) / n,
                    "wins": sum(p == 1.0 for p in prefs), "ties": sum(p == 0.5 for p in prefs),
@@ -274,7 +299,10 @@ def _judges(name: str | None, suites, embedder, backend: str, threads: int):
 def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | None = None,
              iteration: int | None = None, suite: str = "all", data: Path | None = None, full: bool = False,
              limit: int | None = None, judge: str | None = None, out: Path | None = None, backend: str = "auto",
-             threads: int = 0, max_tokens: int = 200, batch_size: int = 16, ui: UI | None = None) -> dict:
+             threads: int = 0, max_tokens: int = 200, batch_size: int = 16, ui: UI | None = None,
+             demos=None, label: str | None = None, embedder=None) -> dict:
+    """Evaluate a model (+ adapter). demos: see the module docstring; label names it in the results;
+    embedder: an already loaded retrieval.Embedder to reuse."""
     from ..chat import run_adapter
 
     ui = ui or UI()
@@ -289,7 +317,7 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     if any(s not in SUITES for s in suites):
         raise IsaraError(f"unknown suite '{suite}'; use one of {', '.join(SUITES)} or all")
     card = load_card(model or "smollm2-135m-instruct")
-    label = card.name + (f"+{Path(adapter).parent.name}" if adapter else "")
+    label = label or card.name + (f"+{Path(adapter).parent.name}" if adapter else "")
     if out is None:
         out = (Path(run) / "eval" / Path(adapter).parent.name) if run is not None else Path("evals") / label
     out = Path(out)
@@ -310,12 +338,14 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     b.load(Path(adapter) if adapter else None)
     from ..retrieval import Embedder
 
-    embedder = Embedder() if (judge or "refusal") in ("refusal", "classifier", "reference-embed") else None
+    if embedder is None and (judge or "refusal") in ("refusal", "classifier", "reference-embed"):
+        embedder = Embedder()
     refusal_judge, pairwise_judge = _judges(judge, suites, embedder, name, threads)
-    ev = Evaluator(b, renderer, label, max_tokens, batch_size, ui, embedder)
+    ev = Evaluator(b, renderer, label, max_tokens, batch_size, ui, embedder, demos)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
                "label": label, "max_tokens": max_tokens, "decoding": "greedy", "subset_sizes": sizes,
+               **({"demonstrations": getattr(demos, "name", "custom")} if demos is not None else {}),
                "suites": {}, "seconds": {}}
     for s in suites:
         t0 = time.time()
