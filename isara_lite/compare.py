@@ -1,0 +1,230 @@
+"""`isara compare`: the paper's table (baselines against each ISARA iteration) and, with several
+recipes, its domain-generalization grid (trained on one domain's seeds, evaluated on every suite).
+
+Every (row, suite) cell is one `evaluate()` call writing OUT/cells/<row>/<suite>/results.json; a
+cell whose results.json exists is read back instead of recomputed, so an interrupted compare
+resumes. OUT/settings.json pins what the cells were computed with (recipe, limit, tokens, data):
+reusing OUT with other settings is refused rather than mixing incomparable numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from . import baselines as bl
+from .errors import IsaraError
+from .evaluation import datasets as ds
+from .evaluation.run import NEEDS, SUITES, evaluate
+from .files import atomic_write_json, atomic_write_text
+from .loop import align, load_seeds
+from .models import load_card
+from .prompts import Renderer, get_format
+from .ui import UI
+
+# (column, suite, value from that suite's summary, format); arrows say which way is better.
+COLUMNS = [
+    ("harmful AdvBench ↓", "safety", lambda s: s["harmful_rate"]["advbench"]["rate"], "pct"),
+    ("harmful HH ↓", "safety", lambda s: s["harmful_rate"]["hh_harmless"]["rate"], "pct"),
+    ("XSTest safe refused ↓", "safety", lambda s: s["xstest_safe_refusal_rate"]["rate"], "pct"),
+    ("XSTest unsafe refused ↑", "safety", lambda s: s["xstest_unsafe_refusal_rate"]["rate"], "pct"),
+    ("TruthfulQA MC1 ↑", "truthfulness", lambda s: s["mc1"], "3f"),
+    ("TruthfulQA MC2 ↑", "truthfulness", lambda s: s["mc2"], "3f"),
+    ("ROUGE-L diff ↑", "truthfulness", lambda s: s["generation"]["rougeL_diff"], "2f"),
+    ("win rate vs pretrained ↑", "instructions", lambda s: s["win_rate_vs_pretrained"], "pct"),
+]
+LABELS = {"pretrained": "pretrained", "sft-seeds": "SFT on seeds", "icl-knn": "ICL-kNN", "icl-random": "ICL-random"}
+
+
+def fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if kind == "pct" else f"{value:.3f}" if kind == "3f" else f"{value:.2f}"
+
+
+class Cells:
+    """Evaluates (row, suite) cells into OUT/cells, reading back the ones already there."""
+
+    def __init__(self, out: Path, model: str, backend: str, threads: int, data, limit, max_tokens: int,
+                 embedder, ui: UI):
+        self.out, self.model, self.backend, self.threads = out, model, backend, threads
+        self.data, self.limit, self.max_tokens, self.embedder, self.ui = data, limit, max_tokens, embedder, ui
+
+    def path(self, row: str, suite: str) -> Path:
+        return self.out / "cells" / row / suite / "results.json"
+
+    def missing(self, row: str, suites) -> list[str]:
+        return [s for s in suites if not self.path(row, s).is_file()]
+
+    def run(self, row: str, label: str, suites, adapter: Path | None = None, demos=None) -> dict:
+        """{suite: summary} for this row; computes only the suites not on disk yet."""
+        out = {}
+        for s in suites:
+            path = self.path(row, s)
+            if path.is_file():
+                self.ui.log(f"compare: {row} / {s}: cached ({path})")
+            else:
+                self.ui.log(f"compare: {row} / {s}: evaluating")
+                evaluate(model=self.model, adapter=adapter, suite=s, data=self.data, limit=self.limit,
+                         out=path.parent, backend=self.backend, threads=self.threads, max_tokens=self.max_tokens,
+                         ui=self.ui, demos=demos, label=label, embedder=self.embedder)
+            out[s] = json.loads(path.read_text(encoding="utf-8"))["suites"][s]
+        return out
+
+
+def _align(recipe, run_dir: Path, ui: UI) -> None:
+    """Run or resume an ISARA run; align points the UI's log at the run, so point it back."""
+    log = ui.log_path
+    try:
+        align(recipe, run_dir, resume=True, ui=ui)
+    finally:
+        ui.log_path = log
+
+
+def _pin(out: Path, settings: dict) -> None:
+    """Refuse an OUT made with other settings; record them on first use."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise IsaraError(f"{path}: this compare folder was made with other settings ({', '.join(changed)}); "
+                             f"use another --out")
+    else:
+        atomic_write_json(path, settings)
+
+
+def _setup(recipes, suites, data, limit, max_tokens, out: Path, ui: UI, embedder):
+    for s in suites:  # find every data file before any training or model loading
+        if s not in SUITES:
+            raise IsaraError(f"unknown suite '{s}'; use one of {', '.join(SUITES)}")
+        for name in NEEDS[s]:
+            ds.locate(name, data)
+    out.mkdir(parents=True, exist_ok=True)
+    _pin(out, {"recipes": {r.name: r.to_dict() for r in recipes}, "limit": limit, "max_tokens": max_tokens,
+               "data": str(Path(data).resolve()) if data else None})
+    if embedder is None:
+        from .retrieval import Embedder
+
+        embedder = Embedder()
+    r = recipes[0]
+    return embedder, Cells(out, r.model, r.backend, r.threads, data, limit, max_tokens, embedder, ui)
+
+
+def compare(recipe, suites=SUITES, limit: int | None = None, data: Path | None = None, out: Path | None = None,
+            baselines=bl.BASELINES, run_dir: Path | None = None, max_tokens: int = 200, ui: UI | None = None,
+            embedder=None) -> dict:
+    """The paper's table for one recipe: each baseline and each ISARA iteration on each suite."""
+    ui = ui or UI()
+    unknown = [b for b in baselines if b not in bl.BASELINES]
+    if unknown:
+        raise IsaraError(f"--baselines: unknown '{unknown[0]}'; use some of {', '.join(bl.BASELINES)}")
+    run_dir = Path(run_dir or Path("runs") / recipe.name)
+    out = Path(out or run_dir / "compare")
+    suites = list(suites)
+    embedder, cells = _setup([recipe], suites, data, limit, max_tokens, out, ui, embedder)
+    card = load_card(recipe.model)
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    seeds = load_seeds(recipe, renderer)
+    k = recipe.demonstrations
+
+    rows = []
+    for b in baselines:
+        if b in ("pretrained", "icl-knn", "icl-random"):
+            demos = (bl.KnnDemos(seeds, k, embedder) if b == "icl-knn" else
+                     bl.RandomDemos(seeds, k, recipe.seed) if b == "icl-random" else None)
+            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, demos=demos)))
+        elif b == "sft-seeds":
+            adapter = out / "sft-seeds" / "adapter"
+            if cells.missing(b, suites):
+                adapter = bl.train_sft_seeds(recipe, card, renderer, seeds, out / "sft-seeds", ui)
+            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, adapter)))
+        elif b == "one-shot":
+            r1 = bl.one_shot_recipe(recipe)
+            label = f"one-shot 1x{r1.candidates}"
+            if cells.missing(b, suites):
+                _align(r1, out / "one-shot-run", ui)
+            rows.append((b, label, cells.run(b, label, suites, out / "one-shot-run" / "iter_1" / "adapter")))
+        else:  # isara: the recipe's own run, resumed or started
+            names = [f"isara-{t}" for t in range(1, recipe.iterations + 1)]
+            if any(cells.missing(n, suites) for n in names):
+                _align(recipe, run_dir, ui)
+            for t, n in enumerate(names, 1):
+                label = f"ISARA iter {t} ({recipe.iterations}x{recipe.candidates})"
+                rows.append((n, label, cells.run(n, label, suites, run_dir / f"iter_{t}" / "adapter")))
+
+    result = _table_data(rows, suites) | {"recipe": recipe.name, "model": recipe.model, "run": str(run_dir),
+                                          "limit": limit, "max_tokens": max_tokens}
+    _write(out, result, f"isara compare: {recipe.name}", ui)
+    return result
+
+
+def compare_domains(recipes, suites=SUITES, limit: int | None = None, data: Path | None = None,
+                    out: Path | None = None, max_tokens: int = 200, ui: UI | None = None, embedder=None) -> dict:
+    """The generalization grid: each recipe's last ISARA iteration (trained on its domain's seeds)
+    evaluated on every suite, under the pretrained model's row."""
+    ui = ui or UI()
+    if len(recipes) < 2:
+        raise IsaraError("--domains needs one recipe per domain (at least two)")
+    if len({r.model for r in recipes}) > 1:
+        raise IsaraError(f"--domains: the recipes use different models ({', '.join(sorted({r.model for r in recipes}))})")
+    if len({r.name for r in recipes}) < len(recipes):
+        raise IsaraError("--domains: two recipes share a name; their runs would share a directory")
+    out = Path(out or Path("runs") / ("domains-" + "+".join(r.name for r in recipes)))
+    suites = list(suites)
+    embedder, cells = _setup(recipes, suites, data, limit, max_tokens, out, ui, embedder)
+    rows = [("pretrained", "pretrained", cells.run("pretrained", "pretrained", suites))]
+    for r in recipes:
+        name, run_dir = f"trained-{r.name}", Path("runs") / r.name
+        if cells.missing(name, suites):
+            _align(r, run_dir, ui)
+        label = f"trained on {Path(r.seeds).stem} ({r.name}, iter {r.iterations})"
+        rows.append((name, label, cells.run(name, label, suites, run_dir / f"iter_{r.iterations}" / "adapter")))
+    result = _table_data(rows, suites) | {"recipes": [r.name for r in recipes], "model": recipes[0].model,
+                                          "limit": limit, "max_tokens": max_tokens, "domains": True}
+    _write(out, result, "isara compare --domains: trained on (rows) x evaluated on (columns)", ui)
+    return result
+
+
+def _table_data(rows, suites) -> dict:
+    cols = [c for c in COLUMNS if c[1] in suites]
+    n = {}
+    for _, _, res in rows[:1]:
+        for s, summary in res.items():
+            n[s] = _sizes(s, summary)
+    return {"suites": suites, "columns": [c[0] for c in cols], "n": n,
+            "rows": [{"row": row, "label": label, "values": {c[0]: c[2](res[c[1]]) for c in cols},
+                      "results": res} for row, label, res in rows]}
+
+
+def _sizes(suite: str, s: dict) -> str:
+    if suite == "safety":
+        return (f"AdvBench {s['harmful_rate']['advbench']['n']}, HH {s['harmful_rate']['hh_harmless']['n']}, "
+                f"XSTest {s['xstest_safe_refusal_rate']['n']} safe / {s['xstest_unsafe_refusal_rate']['n']} unsafe")
+    if suite == "truthfulness":
+        return f"MC {s['n_mc']}, generation {s['n_generation']}"
+    return f"AlpacaEval {s['n']}"
+
+
+def _write(out: Path, result: dict, title: str, ui: UI) -> None:
+    kinds = {c[0]: c[3] for c in COLUMNS}
+    t = Table(title=title)
+    t.add_column("row")
+    for c in result["columns"]:
+        t.add_column(c, justify="right")
+    for r in result["rows"]:
+        t.add_row(r["label"], *[fmt(r["values"][c], kinds[c]) for c in result["columns"]])
+    ui.console.print(t)
+    sizes = "; ".join(f"{s}: {v}" for s, v in result["n"].items())
+    ui.log(f"items per set: {sizes} (greedy, {result['max_tokens']} tokens)")
+    md = [f"# {title}", "", "| row | " + " | ".join(result["columns"]) + " |",
+          "|---|" + "---:|" * len(result["columns"])]
+    md += ["| " + r["label"] + " | " + " | ".join(fmt(r["values"][c], kinds[c]) for c in result["columns"]) + " |"
+           for r in result["rows"]]
+    md += ["", f"Items per set: {sizes}. Greedy decoding, at most {result['max_tokens']} new tokens. "
+           "With a few items per set the differences are not statistically meaningful.", ""]
+    atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "compare.md", "\n".join(md))
+    ui.log(f"compare: {out / 'compare.json'}, {out / 'compare.md'}")
