@@ -109,6 +109,52 @@ def eval_(model, adapter, run, iteration, suite, data, full, limit, judge, out, 
              limit=limit, judge=judge, out=out, backend=backend, threads=threads, max_tokens=max_tokens)
 
 
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--suite", "suites", multiple=True, type=click.Choice(["safety", "truthfulness", "instructions", "all"]),
+              help="suite(s) to evaluate (default: all)")
+@click.option("--limit", type=int, help="at most N items per data set (quick looks)")
+@click.option("--data", type=click.Path(exists=True, path_type=Path),
+              help="folder with the public data sets (default: download once into the cache)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="output folder (default RUN/compare, or runs/domains-... with --domains)")
+@click.option("--baselines", help="comma-separated: pretrained,sft-seeds,icl-knn,icl-random,one-shot,isara (default: all)")
+@click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path),
+              help="the recipe's ISARA run (default runs/<name>; started or resumed)")
+@click.option("--domains", is_flag=True, help="one recipe per domain: trained-on x evaluated-on grid")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key (every recipe)")
+@click.option("--max-tokens", default=200, show_default=True, help="new tokens per answer (greedy)")
+def compare(recipes, suites, limit, data, out, baselines, run, domains, overrides, max_tokens):
+    """Baselines against each ISARA iteration (the paper's table), or the domain grid."""
+    from .baselines import BASELINES
+    from .compare import compare as run_compare
+    from .compare import compare_domains
+    from .evaluation.run import SUITES
+    from .recipe import load_recipe
+
+    rs = [load_recipe(r, overrides) for r in recipes]
+    chosen = SUITES if not suites or "all" in suites else tuple(dict.fromkeys(suites))
+    if domains:
+        compare_domains(rs, chosen, limit, data, out, max_tokens)
+    elif len(rs) > 1:
+        raise IsaraError("several recipes are compared only with --domains")
+    else:
+        names = tuple(b.strip() for b in (baselines or "").split(",") if b.strip()) or BASELINES
+        run_compare(rs[0], chosen, limit, data, out, names, run_dir=run, max_tokens=max_tokens)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--compare", "compare_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="folder with compare.json (default RUN/compare when present)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="output folder (default RUN/report)")
+def report(run, compare_dir, out):
+    """Markdown report and plots of a run: metrics per iteration, kept samples, training loss."""
+    from .report import report as run_report
+
+    run_report(run, compare_dir, out)
+
+
 def main():
     try:
         cli.main(standalone_mode=False)
