@@ -191,8 +191,9 @@ class UnslothBackend:
                 continue
             ids, mask, keep = ids.to(self.device), mask.to(self.device), keep.to(self.device)
             with torch.inference_mode(), self._active():
-                # no labels: Unsloth's forward returns logits (it drops them only when it computes the loss)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                # no labels: Unsloth's forward returns the logits (it drops them only when it computes the
+                # loss); no cache: a plain full-sequence forward, not its incremental decoding path
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
                 logits = logits[keep].float()
                 logp = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][keep].unsqueeze(1)).squeeze(1)
             rows = keep.nonzero()[:, 0]
