@@ -72,7 +72,8 @@ def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threa
 
 @cli.command()
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-adapter", "merged-gguf"]), default="gguf-adapter",
+@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-adapter", "merged-gguf", "mlx"]),
+              default="gguf-adapter",
               show_default=True)
 @click.option("--iteration", type=int, help="which iteration's adapter (default: the last)")
 @click.option("--out", type=click.Path(path_type=Path), help="output path (default: RUN/export/...)")
@@ -164,17 +165,15 @@ def main():
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        hint = "; run the same command with --resume to continue" if sys.argv[1:2] == ["align"] else ""
+        click.echo(f"\ninterrupted: finished work is saved{hint}", err=True)
         sys.exit(130)
     except OSError as e:  # the disk filled up, a folder is read-only...: say which file, keep the run resumable
         what = f"{e.strerror or e} ({e.filename})" if e.filename else str(e.strerror or e)
         hint = "; free some space, then --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
         click.echo(f"error: {what}{hint}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: finished work is saved; continue with `isara align RECIPE --resume`", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":
