@@ -48,9 +48,12 @@ def test_generation_stops_and_counts(backend, renderer):
 
 
 def test_multi_token_stop_string(backend, renderer):
-    s = Sampling(max_tokens=40, temperature=0.0, stop=("France is",))
-    text = backend.generate([renderer.chat_prompt("What is the capital of France?")], s)[0].text
-    assert text.endswith("France is")  # generation stopped right there (callers cut the marker off)
+    prompt = [renderer.chat_prompt("What is the capital of France?")]
+    full = backend.generate(prompt, Sampling(max_tokens=40, temperature=0.0))[0].text
+    assert "France is" in full
+    out = backend.generate(prompt, Sampling(max_tokens=40, temperature=0.0, stop=("France is",)))[0]
+    assert out.text == full.split("France is")[0]  # cut before the stop, as llama.cpp does
+    assert out.completion_tokens < backend.count_tokens(full)  # and generation ended there
 
 
 def test_seeded_sampling_is_deterministic(backend, renderer):

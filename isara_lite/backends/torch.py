@@ -33,6 +33,11 @@ class RecentRepetitionPenalty(LogitsProcessor):
         return scores.scatter(1, recent, picked)
 
 
+def _check_adapter(adapter: Path) -> None:
+    if not all((Path(adapter) / n).is_file() for n in ("adapter_config.json", "adapter_model.safetensors")):
+        raise IsaraError(f"{adapter}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
+
+
 class TorchBackend:
     name = "torch"
 
@@ -88,17 +93,19 @@ class TorchBackend:
                     n = j
                     break
             text = self.tok.decode(ids[:n], skip_special_tokens=False)
+            for stop in stop_strings:  # transformers stops after the stop string; the text ends before it
+                text = text.split(stop, 1)[0]
             results.append(Generation(text, int(batch["attention_mask"][i].sum()), n))
         return results
 
     def _stops(self, stops) -> tuple[list[int], list[str]]:
-        """Stops that are one token (chat markers) end generation as EOS does, which is cheap;
-        only multi-token stops need transformers' string matching."""
+        """Stops that are special tokens (chat markers) end generation as EOS does, which is cheap;
+        any other stop is matched as text, since the model may write it inside a longer token."""
+        special = {*self.tok.all_special_tokens, *self.tok.get_added_vocab()}
         ids, strings = [self.tok.eos_token_id], []
         for s in stops:
-            enc = self.tok(s, add_special_tokens=False)["input_ids"]
-            if len(enc) == 1:
-                ids.append(enc[0])
+            if s in special:
+                ids.append(self.tok.convert_tokens_to_ids(s))
             else:
                 strings.append(s)
         return list(dict.fromkeys(ids)), strings
@@ -114,10 +121,10 @@ class TorchBackend:
     def load(self, adapter: Path | None) -> None:
         from peft import PeftModel
 
+        if adapter is not None:
+            _check_adapter(adapter)  # before unloading: a bad path leaves the loaded adapter in place
         base = self._base()
         if adapter is not None:
-            if not (Path(adapter) / "adapter_model.safetensors").is_file():
-                raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
             self.model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
         self.adapter = Path(adapter) if adapter else None
 
@@ -126,6 +133,8 @@ class TorchBackend:
         torch = self.torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        if adapter_in is not None:
+            _check_adapter(adapter_in)
         base = self._base()
         torch.manual_seed(self.seed)  # LoRA init and dropout: a resumed run must train the same adapter
         if adapter_in is not None:
