@@ -62,22 +62,8 @@ BACKENDS = [
 ]
 
 # Known bugs in existing backends: {test name: {backend: reason}}; applied as strict xfails.
-TORCH_SINGLE_TOKEN_STOP = ("TorchBackend._stops turns a stop that is one token on its own ('Paris') into an EOS id, "
-                           "so it only fires on that exact token; the model writes ' Paris' (another token) and "
-                           "generation runs past the stop")
-TORCH_STOP_KEPT = ("TorchBackend.generate leaves a multi-token stop string in the text (transformers' stop_strings "
-                   "ends generation after it; the text is not cut before it as llama.cpp does)")
-TORCH_BAD_ADAPTER_IN = ("TorchBackend.train passes a missing adapter_in to PeftModel.from_pretrained, which raises "
-                        "ValueError (\"Can't find 'adapter_config.json'\"), not IsaraError")
-TORCH_FAILED_LOAD = ("TorchBackend.load unloads the current LoRA (_base()) before checking the new adapter, so a "
-                     "failed load leaves the base model in place while self.adapter still names the old adapter")
-KNOWN_BUGS: dict[str, dict[str, str]] = {
-    "test_stop_word_cuts_the_text": {"torch": TORCH_SINGLE_TOKEN_STOP},
-    "test_stop_phrase_cuts_the_text": {"torch": TORCH_STOP_KEPT},
-    "test_missing_adapter_in_is_a_clear_error": {"torch": TORCH_BAD_ADAPTER_IN, "llamacpp": TORCH_BAD_ADAPTER_IN +
-                                                 " (llamacpp trains through TorchBackend)"},
-    "test_failed_load_keeps_the_loaded_adapter": {"torch": TORCH_FAILED_LOAD},
-}
+# (Empty: the torch stop, adapter_in and failed-load bugs this suite found are fixed.)
+KNOWN_BUGS: dict[str, dict[str, str]] = {}
 
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
 TRAIN_PAIRS = [
