@@ -28,12 +28,18 @@ def cli():
 @click.option("--force", is_flag=True, help="with --resume: continue even though the recipe changed")
 def align(recipe, overrides, model, backend, out, resume, force):
     """Run the ISARA loop described by RECIPE."""
-    from .loop import align as run_align
     from .recipe import load_recipe
 
     extra = [f"model={model}"] if model else []
     extra += [f"backend={backend}"] if backend else []
     r = load_recipe(recipe, [*overrides, *extra])
+    if r.backend == "unsloth":
+        import importlib.util
+
+        if importlib.util.find_spec("unsloth"):
+            import unsloth  # noqa: F401  # must come before transformers (imported by the loop) to patch it
+    from .loop import align as run_align
+
     run_align(r, out or Path("runs") / r.name, resume=resume, force=force)
 
 
