@@ -17,3 +17,25 @@ def continuation_tokens(encode: Callable[[str, bool], list[int]], prompt: str,
     if full[:len(p)] != p:
         full = p + encode(continuation, False)
     return full, len(p)
+
+
+def padded_batches(seqs: list[tuple[list[int], int]], batch_size: int, pad_id: int):
+    """Batches of continuation_tokens() results for a PyTorch forward, similar lengths together:
+    yields (indices into seqs, ids, attention mask, keep) with keep[r, j] True where position j
+    predicts a continuation token. Right-padded; batches with nothing to score are skipped."""
+    import torch
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        keep = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+        for row, i in enumerate(idx):
+            toks, n_prompt = seqs[i]
+            ids[row, :len(toks)] = torch.tensor(toks)
+            mask[row, :len(toks)] = 1
+            keep[row, max(n_prompt - 1, 0):len(toks) - 1] = True
+        if keep.any():
+            yield idx, ids, mask, keep

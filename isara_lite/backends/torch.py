@@ -13,7 +13,7 @@ from ..errors import IsaraError
 from ..files import writing_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
-from .scoring import continuation_tokens
+from .scoring import continuation_tokens, padded_batches
 
 
 class RecentRepetitionPenalty(LogitsProcessor):
@@ -31,6 +31,20 @@ class RecentRepetitionPenalty(LogitsProcessor):
         picked = scores.gather(1, recent)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
         return scores.scatter(1, recent, picked)
+
+
+def decode_rows(tok, out, attention_mask, stop_ids, stop_strings) -> list[Generation]:
+    """Generations from model.generate's left-padded output: each row ends at its first stop token
+    or padding, and its text before the first stop string (transformers stops after one)."""
+    results = []
+    for i, row in enumerate(out[:, attention_mask.shape[1]:]):
+        ids = row.tolist()
+        n = next((j for j, t in enumerate(ids) if t in stop_ids or t == tok.pad_token_id), len(ids))
+        text = tok.decode(ids[:n], skip_special_tokens=False)
+        for stop in stop_strings:
+            text = text.split(stop, 1)[0]
+        results.append(Generation(text, int(attention_mask[i].sum()), n))
+    return results
 
 
 def _check_adapter(adapter: Path) -> None:
@@ -83,20 +97,7 @@ class TorchBackend:
         torch.manual_seed(sampling.seed)
         with torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
-        results = []
-        for i, row in enumerate(new):
-            ids = row.tolist()
-            n = len(ids)
-            for j, t in enumerate(ids):  # generation ends at a stop token / padding
-                if t in stop_ids or t == self.tok.pad_token_id:
-                    n = j
-                    break
-            text = self.tok.decode(ids[:n], skip_special_tokens=False)
-            for stop in stop_strings:  # transformers stops after the stop string; the text ends before it
-                text = text.split(stop, 1)[0]
-            results.append(Generation(text, int(batch["attention_mask"][i].sum()), n))
-        return results
+        return decode_rows(self.tok, out, batch["attention_mask"], stop_ids, stop_strings)
 
     def _stops(self, stops) -> tuple[list[int], list[str]]:
         """Stops that are special tokens (chat markers) end generation as EOS does, which is cheap;
@@ -229,23 +230,10 @@ class TorchBackend:
             return self.tok(text, add_special_tokens=bos)["input_ids"]
 
         seqs = [continuation_tokens(encode, p, c) for p, c in pairs]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # similar lengths share a batch
         out = [0.0] * len(seqs)
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         cap = getattr(inner.config, "final_logit_softcapping", None)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(seqs[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), self.tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            keep = torch.zeros((len(idx), width - 1), dtype=torch.bool)  # position j predicts token j+1
-            for row, i in enumerate(idx):
-                toks, n_prompt = seqs[i]
-                ids[row, :len(toks)] = torch.tensor(toks)
-                mask[row, :len(toks)] = 1
-                keep[row, max(n_prompt - 1, 0):len(toks) - 1] = True
-            if not keep.any():
-                continue
+        for idx, ids, mask, keep in padded_batches(seqs, batch_size, self.tok.pad_token_id):
             ids, mask, keep = ids.to(self.device), mask.to(self.device), keep.to(self.device)
             with torch.inference_mode():
                 hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]

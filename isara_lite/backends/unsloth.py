@@ -42,8 +42,8 @@ from ..errors import IsaraError
 from ..files import atomic_dir, commit_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
-from .scoring import continuation_tokens
-from .torch import RecentRepetitionPenalty
+from .scoring import continuation_tokens, padded_batches
+from .torch import RecentRepetitionPenalty, decode_rows
 
 FOUR_BIT_ABOVE = 3e9  # parameters; above this, weights load in 4-bit
 ENV_4BIT = "ISARA_LOAD_IN_4BIT"
@@ -141,19 +141,7 @@ class UnslothBackend:
         torch.manual_seed(sampling.seed)  # seeds the CUDA generators too
         with torch.inference_mode(), self._active():
             out = self.model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
-        results = []
-        for i, row in enumerate(new):
-            ids = row.tolist()
-            n = len(ids)
-            for j, t in enumerate(ids):  # generation ends at a stop token / padding
-                if t in stop_ids or t == self.tok.pad_token_id:
-                    n = j
-                    break
-            text = self.tok.decode(ids[:n], skip_special_tokens=False)
-            cut = min((text.find(s) for s in sampling.stop if s in text), default=len(text))
-            results.append(Generation(text[:cut], int(batch["attention_mask"][i].sum()), n))
-        return results
+        return decode_rows(self.tok, out, batch["attention_mask"], stop_ids, list(sampling.stop))
 
     def _stops(self, stops) -> tuple[list[int], list[str]]:
         """Stops that are one token (chat markers) end generation as EOS does, cheaply; every stop is
@@ -174,21 +162,8 @@ class UnslothBackend:
             return self.tok(text, add_special_tokens=bos)["input_ids"]
 
         seqs = [continuation_tokens(encode, p, c) for p, c in pairs]
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # similar lengths share a batch
         out = [0.0] * len(seqs)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(seqs[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), self.tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            keep = torch.zeros((len(idx), width - 1), dtype=torch.bool)  # position j predicts token j+1
-            for row, i in enumerate(idx):
-                toks, n_prompt = seqs[i]
-                ids[row, :len(toks)] = torch.tensor(toks)
-                mask[row, :len(toks)] = 1
-                keep[row, max(n_prompt - 1, 0):len(toks) - 1] = True
-            if not keep.any():
-                continue
+        for idx, ids, mask, keep in padded_batches(seqs, batch_size, self.tok.pad_token_id):
             ids, mask, keep = ids.to(self.device), mask.to(self.device), keep.to(self.device)
             with torch.inference_mode(), self._active():
                 # no labels: Unsloth's forward returns the logits (it drops them only when it computes the
