@@ -39,3 +39,14 @@ def padded_batches(seqs: list[tuple[list[int], int]], batch_size: int, pad_id: i
             keep[row, max(n_prompt - 1, 0):len(toks) - 1] = True
         if keep.any():
             yield idx, ids, mask, keep
+
+
+def row_logprobs(logits, ids, keep) -> list[float]:
+    """Per row, the summed log-probability of the kept next tokens; logits are those at the kept
+    positions only (logits[keep] of a [rows, width - 1, vocab] tensor), summed in float64."""
+    import torch
+
+    logp = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][keep].unsqueeze(1)).squeeze(1)
+    sums = torch.zeros(len(ids), dtype=torch.float64, device=logp.device)
+    sums.index_add_(0, keep.nonzero()[:, 0], logp.double())
+    return sums.tolist()

@@ -13,7 +13,7 @@ from ..errors import IsaraError
 from ..files import writing_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
-from .scoring import continuation_tokens, padded_batches
+from .scoring import continuation_tokens, padded_batches, row_logprobs
 
 
 class RecentRepetitionPenalty(LogitsProcessor):
@@ -31,6 +31,20 @@ class RecentRepetitionPenalty(LogitsProcessor):
         picked = scores.gather(1, recent)
         picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
         return scores.scatter(1, recent, picked)
+
+
+def generate_kwargs(tok, sampling: Sampling, stop_ids: list[int], stop_strings: list[str]) -> dict:
+    """model.generate arguments for our Sampling (0 temperature: greedy)."""
+    greedy = sampling.temperature <= 0
+    kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
+                  pad_token_id=tok.pad_token_id)
+    if sampling.repetition_penalty != 1.0:
+        kwargs["logits_processor"] = [RecentRepetitionPenalty(sampling.repetition_penalty, sampling.repeat_last_n)]
+    if not greedy:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+    if stop_strings:
+        kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+    return kwargs
 
 
 def decode_rows(tok, out, attention_mask, stop_ids, stop_strings) -> list[Generation]:
@@ -84,16 +98,8 @@ class TorchBackend:
         torch = self.torch
         self.tok.padding_side = "left"
         batch = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
-        greedy = sampling.temperature <= 0
         stop_ids, stop_strings = self._stops(sampling.stop)
-        kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
-                      pad_token_id=self.tok.pad_token_id)
-        if sampling.repetition_penalty != 1.0:
-            kwargs["logits_processor"] = [RecentRepetitionPenalty(sampling.repetition_penalty, sampling.repeat_last_n)]
-        if not greedy:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        if stop_strings:
-            kwargs.update(stop_strings=stop_strings, tokenizer=self.tok)
+        kwargs = generate_kwargs(self.tok, sampling, stop_ids, stop_strings)
         torch.manual_seed(sampling.seed)
         with torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
@@ -240,10 +246,7 @@ class TorchBackend:
                 logits = inner.lm_head(hidden[keep]).float()
                 if cap:
                     logits = torch.tanh(logits / cap) * cap
-                logp = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][keep].unsqueeze(1)).squeeze(1)
-            rows = keep.nonzero()[:, 0]
-            sums = torch.zeros(len(idx), dtype=torch.float64, device=logp.device)
-            sums.index_add_(0, rows, logp.double())
-            for row, i in enumerate(idx):
-                out[i] = float(sums[row])
+                totals = row_logprobs(logits, ids, keep)
+            for i, total in zip(idx, totals):
+                out[i] = total
         return out

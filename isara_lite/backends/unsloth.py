@@ -42,8 +42,8 @@ from ..errors import IsaraError
 from ..files import atomic_dir, commit_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
-from .scoring import continuation_tokens, padded_batches
-from .torch import RecentRepetitionPenalty, decode_rows
+from .scoring import continuation_tokens, padded_batches, row_logprobs
+from .torch import decode_rows, generate_kwargs
 
 FOUR_BIT_ABOVE = 3e9  # parameters; above this, weights load in 4-bit
 ENV_4BIT = "ISARA_LOAD_IN_4BIT"
@@ -128,16 +128,8 @@ class UnslothBackend:
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
         self.tok.padding_side = "left"
         batch = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
-        greedy = sampling.temperature <= 0
         stop_ids, stop_strings = self._stops(sampling.stop)
-        kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
-                      pad_token_id=self.tok.pad_token_id, use_cache=True)
-        if sampling.repetition_penalty != 1.0:
-            kwargs["logits_processor"] = [RecentRepetitionPenalty(sampling.repetition_penalty, sampling.repeat_last_n)]
-        if not greedy:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-        if stop_strings:
-            kwargs.update(stop_strings=stop_strings, tokenizer=self.tok)
+        kwargs = dict(generate_kwargs(self.tok, sampling, stop_ids, stop_strings), use_cache=True)
         torch.manual_seed(sampling.seed)  # seeds the CUDA generators too
         with torch.inference_mode(), self._active():
             out = self.model.generate(**batch, **kwargs)
@@ -169,13 +161,9 @@ class UnslothBackend:
                 # no labels: Unsloth's forward returns the logits (it drops them only when it computes the
                 # loss); no cache: a plain full-sequence forward, not its incremental decoding path
                 logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-                logits = logits[keep].float()
-                logp = torch.log_softmax(logits, -1).gather(1, ids[:, 1:][keep].unsqueeze(1)).squeeze(1)
-            rows = keep.nonzero()[:, 0]
-            sums = torch.zeros(len(idx), dtype=torch.float64, device=logp.device)
-            sums.index_add_(0, rows, logp.double())
-            for row, i in enumerate(idx):
-                out[i] = float(sums[row])
+                totals = row_logprobs(logits[keep].float(), ids, keep)
+            for i, total in zip(idx, totals):
+                out[i] = total
         return out
 
     # -- adapters ------------------------------------------------------------------------------
