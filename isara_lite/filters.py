@@ -1,4 +1,11 @@
-"""ISARA step 3: keep a candidate only if every filter passes. Each verdict is recorded."""
+"""ISARA step 3: keep a candidate only if every filter passes. Each verdict is recorded.
+
+The first four filters are the paper's. `consistency` is ours and off unless the recipe turns it on
+(filters.consistency): a small model copies the style of its nearest demonstrations, so next to
+a refusal seed it refuses ordinary questions too ("how do I bake a pie" -> "I'm sorry, I can't"),
+and training on those pairs teaches refusal as a default. The filter keeps a candidate only when
+its answer refuses exactly when the seeds say a question like it should be refused.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import re
 
 from rouge_score import rouge_scorer
 
-FILTERS = ("rouge_l", "duplicate", "min_words", "answer_in_question")
+FILTERS = ("rouge_l", "duplicate", "min_words", "answer_in_question", "consistency")
 
 _scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
@@ -19,17 +26,50 @@ def max_rouge_l(question: str, others: list[str]) -> float:
     return max((_scorer.score(o, question)["rougeL"].fmeasure for o in others), default=0.0)
 
 
-def judge(question: str, answer: str, demo_questions: list[str], seen: set[str], config) -> dict[str, bool]:
+def judge(question: str, answer: str, demo_questions: list[str], seen: set[str], config,
+          consistent: bool = True) -> dict[str, bool]:
     """Every filter's verdict (True = passes) for one candidate.
 
     rouge_l: not a near-copy of the questions it was written from (ROUGE-L <= rouge_l_max);
     duplicate: not the same question as one already kept (or a seed);
     min_words: question and answer each have at least min_words words;
-    answer_in_question: the answer is not a substring of the question.
+    answer_in_question: the answer is not a substring of the question;
+    consistency: the verdict of `Consistency` for this pair, computed per batch by the caller.
     """
     return {
         "rouge_l": max_rouge_l(question, demo_questions) <= config.rouge_l_max,
         "duplicate": normalize(question) not in seen,
         "min_words": len(question.split()) >= config.min_words and len(answer.split()) >= config.min_words,
         "answer_in_question": bool(answer.strip()) and normalize(answer) not in normalize(question),
+        "consistency": consistent,
     }
+
+
+class Consistency:
+    """Does an answer refuse exactly when the seeds say its question should be refused?
+
+    A logistic regression on the seeds' question embeddings, labelled by whether each seed's answer
+    is a refusal (check.is_refusal), predicts "refuse" for a new question; the candidate passes when
+    its own answer's refusal verdict agrees. Seeds of one kind only (no refusals, as in most
+    non-safety domains) leave nothing to learn: then every candidate passes.
+    """
+
+    def __init__(self, seeds, embedder):
+        from sklearn.linear_model import LogisticRegression
+
+        from .evaluation.check import is_refusal
+
+        self.is_refusal, self.embedder = is_refusal, embedder
+        labels = [is_refusal(s.response) for s in seeds]
+        self.refusals, self.n = sum(labels), len(labels)
+        self.model = None
+        if min(self.refusals, self.n - self.refusals) >= 2:
+            # balanced: a domain's seeds need not hold as many refusals as answers
+            self.model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+            self.model.fit(embedder([s.prompt for s in seeds]), labels)
+
+    def __call__(self, questions: list[str], answers: list[str]) -> list[bool]:
+        if self.model is None or not questions:
+            return [True] * len(questions)
+        expect = self.model.predict(self.embedder(list(questions)))
+        return [bool(e) == self.is_refusal(a) for e, a in zip(expect, answers)]

@@ -218,6 +218,10 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
     seen |= {filters.normalize(c.prompt) for c in done if c.kept}
     by_id = {s.id: s for p in pools for s in p.samples}
     kept = sum(1 for c in done if c.kept)
+    consistency = filters.Consistency(pools[0].samples, embedder) if recipe.filters.consistency else None
+    if consistency and consistency.model is None and not done:
+        ui.log(f"filters.consistency: the seeds hold {consistency.refusals} refusals of {consistency.n}; "
+               f"too few of one kind to learn from, so every candidate passes it")
     with ui.stage(f"iteration {t}: generate + filter", recipe.candidates, len(done)) as update:
         t0, toks = time.time(), [0, 0]
 
@@ -228,9 +232,11 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
         for start in range(len(done), recipe.candidates, bs):
             batch = generate_batch(backend, renderer, pools, embedder, recipe, t,
                                    list(range(start, min(start + bs, recipe.candidates))), on_generated)
-            for c in batch:
+            agree = consistency([c.prompt for c in batch], [c.response for c in batch]) if consistency \
+                else [True] * len(batch)
+            for c, ok in zip(batch, agree):
                 demo_qs = [by_id[i].prompt for i in c.question_demos]
-                c.verdicts = filters.judge(c.prompt, c.response, demo_qs, seen, recipe.filters)
+                c.verdicts = filters.judge(c.prompt, c.response, demo_qs, seen, recipe.filters, ok)
                 c.kept = all(c.verdicts.values())
                 if c.kept:
                     seen.add(filters.normalize(c.prompt))

@@ -38,6 +38,8 @@ class GenerationConfig:
 class FilterConfig:
     rouge_l_max: float = opt(0.7, "drop questions with ROUGE-L above this to any of their demos")
     min_words: int = opt(5, "question and answer each need at least this many words")
+    consistency: bool = opt(False, "not in the paper: drop pairs whose answer refuses when the seeds "
+                                   "say its question should be answered, or the other way round")
 
 
 @dataclass

@@ -127,3 +127,40 @@ def test_empty_answer_fails(answer):
     v = verdicts(a=answer)
     assert v["answer_in_question"] is False
     assert v["min_words"] is False
+
+
+# -- consistency (ours, off by default) --------------------------------------------------------------
+
+def _seeds(path):
+    from isara_lite.data import read_samples
+
+    return read_samples(path)
+
+
+def test_consistency_off_by_default_and_recorded():
+    assert FilterConfig().consistency is False
+    assert verdicts()["consistency"] is True
+    assert judge(GOOD_Q, GOOD_A, DEMO_QS, set(), CFG, consistent=False)["consistency"] is False
+
+
+def test_consistency_learns_the_seeds_boundary(embedder, repo):
+    """Fit on the project's safety seeds: a refusal passes for a harmful request and fails for an
+    ordinary one; a helpful answer passes for the ordinary one and fails for the harmful one."""
+    from isara_lite.filters import Consistency
+
+    c = Consistency(_seeds(repo / "recipes" / "seeds" / "safety.jsonl"), embedder)
+    assert c.model is not None and 0 < c.refusals < c.n
+    harmful = "Tell me how to make a bomb to hurt people at my school."
+    ordinary = "What's a good recipe for banana bread?"
+    refusal = "I'm sorry, but I can't help with that."
+    answer = "Mash three ripe bananas, mix in melted butter, sugar, an egg and flour, then bake for an hour."
+    assert c([harmful, ordinary, harmful, ordinary], [refusal, refusal, answer, answer]) == [True, False, False, True]
+    assert c([], []) == []
+
+
+def test_consistency_passes_everything_when_seeds_hold_one_kind(embedder, repo):
+    from isara_lite.filters import Consistency
+
+    c = Consistency(_seeds(repo / "recipes" / "seeds" / "truthfulness.jsonl"), embedder)
+    assert c.model is None
+    assert c(["Do we only use 10% of our brains?"], ["I'm sorry, but I can't help with that."]) == [True]
