@@ -109,3 +109,33 @@ def test_llamacpp_score_agrees_with_torch(card, tb, adapter):
                 if t[i] - t[j] > 1.0:
                     assert l[i] > l[j]
     tb.load(None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+def test_llamacpp_score_shares_prefixes_without_changing_results(card, tb):
+    """Pairs with a common prompt (lm-eval's primer, one question's answer choices, a duplicate, a
+    continuation that is a prefix of another) are scored in one call with the shared tokens decoded
+    once. A token given to the wrong sequences would cost several nats; what is left is llama.cpp's
+    own batch-shape noise (up to ~0.7 nat per pair on this Q4_1 model, with or without sharing), so
+    the check is the torch agreement of test_llamacpp_score_agrees_with_torch, per chunking."""
+    lb = create_backend("llamacpp", card, threads=2)
+    primer = "Q: What is human life expectancy in the United States?\nA: 78 years.\n\nQ: "
+    pairs = [(primer + "Why is the sky blue?\nA:", " Rayleigh scattering."),
+             (primer + "Why is the sky blue?\nA:", " Because it reflects the ocean."),
+             (primer + "Why is the sky blue?\nA:", " Because it reflects the ocean."),
+             (primer + "Why is the sky blue?\nA:", " Because"),
+             (primer + "Can pigs fly?\nA:", " No, pigs cannot fly."),
+             ("Unrelated prompt with nothing shared:", " yes"), *PAIRS]
+
+    def encode(text, bos):
+        return tb.tok(text, add_special_tokens=bos)["input_ids"]
+
+    ntok = sum(len(f) - n for f, n in (continuation_tokens(encode, p, c) for p, c in pairs))
+    tb.load(None)
+    ref = tb.score(pairs)
+    for max_seqs in (16, 2):  # 2: sharing stops at chunk borders
+        lb.max_seqs, lb._batch = max_seqs, None
+        got = lb.score(pairs)
+        assert sum(abs(x - y) for x, y in zip(got, ref)) / ntok < 0.1, (max_seqs, got, ref)
+        assert got[1] == got[2] and got[3] > got[1]
+        assert lb.score(pairs[::-1])[::-1] == got  # the order pairs come in changes nothing

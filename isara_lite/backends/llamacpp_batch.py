@@ -160,35 +160,55 @@ class BatchDecoder:
     def score(self, seqs: list[tuple[list[int], int]]) -> list[float]:
         """Sum of log p(token) over each sequence's tokens after its first n_prompt ones.
 
-        Several sequences share one llama_batch (one seq id each); logits are requested only at
-        the positions that predict a scored token and read right after the decode that made them."""
+        Several sequences share one llama_batch (one seq id each). Sequences are taken in sorted
+        token order, and a token that several of them share at the same position (a common prefix:
+        lm-eval's primer, a question with its answer choices) is decoded once for all of them, one
+        llama_batch entry carrying every seq id. Logits are requested only at the positions that
+        predict a scored token and read right after the decode that made them."""
         out = [0.0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i][0])
+        lcp = [0] * len(order)  # common prefix length with the previous sequence in sorted order
+        for n in range(1, len(order)):
+            a, b = seqs[order[n - 1]][0], seqs[order[n]][0]
+            m = min(len(a), len(b))
+            while lcp[n] < m and a[lcp[n]] == b[lcp[n]]:
+                lcp[n] += 1
         start = 0
-        while start < len(seqs):
+        while start < len(order):
             end, used = start, 0
-            while end < len(seqs) and end - start < self.max_seqs and used + len(seqs[end][0]) <= self.capacity:
-                used += len(seqs[end][0])
+            while end < len(order) and end - start < self.max_seqs:
+                new = len(seqs[order[end]][0]) - (lcp[end] if end > start else 0)  # cells this one adds
+                if used + new > self.capacity:
+                    break
+                used += new
                 end += 1
             if end == start:
-                raise IsaraError(f"a sequence of {len(seqs[start][0])} tokens does not fit the model's "
+                raise IsaraError(f"a sequence of {len(seqs[order[start]][0])} tokens does not fit the model's "
                                  f"{self.capacity}-token context")
-            L.llama_memory_clear(self.mem, True)
-            pending: list[tuple[int, int, int]] = []  # (batch index, sequence, the token it predicts)
-            try:
-                for slot, i in enumerate(range(start, end)):
-                    toks, n_prompt = seqs[i]
-                    for pos, tok in enumerate(toks):
-                        if self.batch.n_tokens == 512:
-                            self._harvest(pending, out)
-                        want = max(n_prompt - 1, 0) <= pos < len(toks) - 1
-                        j = self._add(tok, pos, [slot], want)
-                        if want:
-                            pending.append((j, i, toks[pos + 1]))
-                self._harvest(pending, out)
-            finally:
-                self.batch.n_tokens = 0
+            self._score_chunk(seqs, order[start:end], [0] + lcp[start + 1:end], out)
             start = end
         return out
+
+    def _score_chunk(self, seqs, chunk: list[int], lcp: list[int], out: list[float]) -> None:
+        L.llama_memory_clear(self.mem, True)
+        pending: list[tuple[int, int, int]] = []  # (batch index, sequence, the token it predicts)
+        try:
+            for slot, i in enumerate(chunk):
+                toks = seqs[i][0]
+                for pos in range(lcp[slot], len(toks)):
+                    # every later sequence in the chunk that still shares this position
+                    members = [slot]
+                    while members[-1] + 1 < len(chunk) and min(lcp[slot + 1:members[-1] + 2]) > pos:
+                        members.append(members[-1] + 1)
+                    wants = [(chunk[m], seqs[chunk[m]][0][pos + 1]) for m in members
+                             if max(seqs[chunk[m]][1] - 1, 0) <= pos < len(seqs[chunk[m]][0]) - 1]
+                    if self.batch.n_tokens == 512:
+                        self._harvest(pending, out)
+                    j = self._add(toks[pos], pos, members, bool(wants))
+                    pending += [(j, seq, target) for seq, target in wants]
+            self._harvest(pending, out)
+        finally:
+            self.batch.n_tokens = 0
 
     def _harvest(self, pending, out) -> None:
         self._decode()
