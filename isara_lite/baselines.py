@@ -11,6 +11,7 @@ isara        the recipe's own run, one row per iteration's adapter
 from __future__ import annotations
 
 import copy
+import json
 import random
 import zlib
 from pathlib import Path
@@ -56,11 +57,12 @@ def one_shot_recipe(recipe):
     return r
 
 
-def train_sft_seeds(recipe, card, renderer, seeds, out: Path, ui: UI) -> Path:
-    """LoRA SFT on the seeds alone; skipped when the adapter is already on disk."""
+def train_sft_seeds(recipe, card, renderer, seeds, out: Path, ui: UI, key: dict | None = None) -> Path:
+    """LoRA SFT on the seeds alone; skipped when an adapter trained with the same settings (key) is on disk."""
     adapter, record = out / "adapter", out / "train.json"
     if record.is_file() and (adapter / "adapter_model.safetensors").is_file():  # train.json is written last
-        return adapter
+        if json.loads(record.read_text(encoding="utf-8")).get("settings") == key:
+            return adapter
     name = recipe.backend
     if name == "auto":
         name, _ = choose_backend(card)
@@ -70,5 +72,5 @@ def train_sft_seeds(recipe, card, renderer, seeds, out: Path, ui: UI) -> Path:
         result = train_iteration(backend, renderer, seeds, [], recipe.training, 1, None, adapter,
                                  lambda step, total, loss, lr, tokens: update(1, loss=f"{loss:.3f}"))
     atomic_write_json(record, {"steps": result.steps, "losses": result.losses, "tokens": result.tokens,
-                                           "seconds": result.seconds})
+                               "seconds": result.seconds, "settings": key})
     return adapter

@@ -1,14 +1,17 @@
 """`isara compare`: the paper's table (baselines against each ISARA iteration) and, with several
 recipes, its domain-generalization grid (trained on one domain's seeds, evaluated on every suite).
 
-Every (row, suite) cell is one `evaluate()` call writing OUT/cells/<row>/<suite>/results.json; a
-cell whose results.json exists is read back instead of recomputed, so an interrupted compare
-resumes. OUT/settings.json pins what the cells were computed with (recipe, limit, tokens, data):
-reusing OUT with other settings is refused rather than mixing incomparable numbers.
+Every (row, suite) cell is one `evaluate()` call writing OUT/cells/<row>/<suite>/results.json and
+cell.json, the recipe settings that row depends on (the pretrained row: model and backend; ICL rows:
+also the seeds and k; SFT: also training; ISARA rows: the whole recipe). A cell whose cell.json
+matches is read back instead of recomputed, so an interrupted compare resumes and a changed recipe
+recomputes only the rows it affects. OUT/settings.json pins what every cell shares (limit, tokens,
+data): reusing OUT with other ones is refused rather than mixing incomparable numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,23 +58,41 @@ class Cells:
     def path(self, row: str, suite: str) -> Path:
         return self.out / "cells" / row / suite / "results.json"
 
-    def missing(self, row: str, suites) -> list[str]:
-        return [s for s in suites if not self.path(row, s).is_file()]
+    def cached(self, row: str, suite: str, key: dict) -> bool:
+        path, made = self.path(row, suite), self.path(row, suite).with_name("cell.json")
+        return path.is_file() and made.is_file() and json.loads(made.read_text(encoding="utf-8")) == key
 
-    def run(self, row: str, label: str, suites, adapter: Path | None = None, demos=None) -> dict:
-        """{suite: summary} for this row; computes only the suites not on disk yet."""
+    def missing(self, row: str, suites, key: dict) -> list[str]:
+        return [s for s in suites if not self.cached(row, s, key)]
+
+    def run(self, row: str, label: str, suites, key: dict, adapter: Path | None = None, demos=None) -> dict:
+        """{suite: summary} for this row; computes only the suites not on disk with these settings."""
         out = {}
         for s in suites:
             path = self.path(row, s)
-            if path.is_file():
+            if self.cached(row, s, key):
                 self.ui.log(f"compare: {row} / {s}: cached ({path})")
             else:
                 self.ui.log(f"compare: {row} / {s}: evaluating")
                 evaluate(model=self.model, adapter=adapter, suite=s, data=self.data, limit=self.limit,
                          out=path.parent, backend=self.backend, threads=self.threads, max_tokens=self.max_tokens,
                          ui=self.ui, demos=demos, label=label, embedder=self.embedder)
+                atomic_write_json(path.with_name("cell.json"), key)
             out[s] = json.loads(path.read_text(encoding="utf-8"))["suites"][s]
         return out
+
+
+def row_key(recipe, row: str) -> dict:
+    """The recipe settings a row's numbers depend on (what its cells are cached under)."""
+    key = {"model": recipe.model, "backend": recipe.backend}
+    if row == "pretrained":
+        return key
+    key["seeds"] = hashlib.sha256(recipe.path(recipe.seeds).read_bytes()).hexdigest()
+    if row in ("icl-knn", "icl-random"):
+        return key | {"demonstrations": recipe.demonstrations, "seed": recipe.seed}
+    if row == "sft-seeds":
+        return key | {"training": recipe.to_dict()["training"], "seed": recipe.seed}
+    return key | {"recipe": recipe.to_dict()}  # one-shot and ISARA rows: everything
 
 
 def _align(recipe, run_dir: Path, ui: UI) -> None:
@@ -88,7 +109,7 @@ def _pin(out: Path, settings: dict) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
         if changed:
             raise IsaraError(f"{path}: this compare folder was made with other settings ({', '.join(changed)}); "
                              f"use another --out")
@@ -103,8 +124,7 @@ def _setup(recipes, suites, data, limit, max_tokens, out: Path, ui: UI, embedder
         for name in NEEDS[s]:
             ds.locate(name, data)
     out.mkdir(parents=True, exist_ok=True)
-    _pin(out, {"recipes": {r.name: r.to_dict() for r in recipes}, "limit": limit, "max_tokens": max_tokens,
-               "data": str(Path(data).resolve()) if data else None})
+    _pin(out, {"limit": limit, "max_tokens": max_tokens, "data": str(Path(data).resolve()) if data else None})
     if embedder is None:
         from .retrieval import Embedder
 
@@ -132,28 +152,29 @@ def compare(recipe, suites=SUITES, limit: int | None = None, data: Path | None =
 
     rows = []
     for b in baselines:
+        key = row_key(recipe, b)
         if b in ("pretrained", "icl-knn", "icl-random"):
             demos = (bl.KnnDemos(seeds, k, embedder) if b == "icl-knn" else
                      bl.RandomDemos(seeds, k, recipe.seed) if b == "icl-random" else None)
-            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, demos=demos)))
+            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, key, demos=demos)))
         elif b == "sft-seeds":
             adapter = out / "sft-seeds" / "adapter"
-            if cells.missing(b, suites):
-                adapter = bl.train_sft_seeds(recipe, card, renderer, seeds, out / "sft-seeds", ui)
-            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, adapter)))
+            if cells.missing(b, suites, key):
+                adapter = bl.train_sft_seeds(recipe, card, renderer, seeds, out / "sft-seeds", ui, key)
+            rows.append((b, LABELS[b], cells.run(b, LABELS[b], suites, key, adapter)))
         elif b == "one-shot":
             r1 = bl.one_shot_recipe(recipe)
             label = f"one-shot 1x{r1.candidates}"
-            if cells.missing(b, suites):
+            if cells.missing(b, suites, key):
                 _align(r1, out / "one-shot-run", ui)
-            rows.append((b, label, cells.run(b, label, suites, out / "one-shot-run" / "iter_1" / "adapter")))
+            rows.append((b, label, cells.run(b, label, suites, key, out / "one-shot-run" / "iter_1" / "adapter")))
         else:  # isara: the recipe's own run, resumed or started
             names = [f"isara-{t}" for t in range(1, recipe.iterations + 1)]
-            if any(cells.missing(n, suites) for n in names):
+            if any(cells.missing(n, suites, key) for n in names):
                 _align(recipe, run_dir, ui)
             for t, n in enumerate(names, 1):
                 label = f"ISARA iter {t} ({recipe.iterations}x{recipe.candidates})"
-                rows.append((n, label, cells.run(n, label, suites, run_dir / f"iter_{t}" / "adapter")))
+                rows.append((n, label, cells.run(n, label, suites, key, run_dir / f"iter_{t}" / "adapter")))
 
     result = _table_data(rows, suites) | {"recipe": recipe.name, "model": recipe.model, "run": str(run_dir),
                                           "limit": limit, "max_tokens": max_tokens}
@@ -175,13 +196,13 @@ def compare_domains(recipes, suites=SUITES, limit: int | None = None, data: Path
     out = Path(out or Path("runs") / ("domains-" + "+".join(r.name for r in recipes)))
     suites = list(suites)
     embedder, cells = _setup(recipes, suites, data, limit, max_tokens, out, ui, embedder)
-    rows = [("pretrained", "pretrained", cells.run("pretrained", "pretrained", suites))]
+    rows = [("pretrained", "pretrained", cells.run("pretrained", "pretrained", suites, row_key(recipes[0], "pretrained")))]
     for r in recipes:
-        name, run_dir = f"trained-{r.name}", Path("runs") / r.name
-        if cells.missing(name, suites):
+        name, run_dir, key = f"trained-{r.name}", Path("runs") / r.name, row_key(r, "isara")
+        if cells.missing(name, suites, key):
             _align(r, run_dir, ui)
         label = f"trained on {Path(r.seeds).stem} ({r.name}, iter {r.iterations})"
-        rows.append((name, label, cells.run(name, label, suites, run_dir / f"iter_{r.iterations}" / "adapter")))
+        rows.append((name, label, cells.run(name, label, suites, key, run_dir / f"iter_{r.iterations}" / "adapter")))
     result = _table_data(rows, suites) | {"recipes": [r.name for r in recipes], "model": recipes[0].model,
                                           "limit": limit, "max_tokens": max_tokens, "domains": True}
     _write(out, result, "isara compare --domains: trained on (rows) x evaluated on (columns)", ui)

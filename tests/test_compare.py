@@ -131,3 +131,24 @@ def test_report_plots_compare_json(compared, tmp_path):
     with Image.open(png) as im:
         im.verify()
         assert im.size[0] > 600 and im.size[1] > 300
+
+
+def test_a_changed_recipe_recomputes_only_the_rows_it_affects(compared, tmp_path, monkeypatch):
+    """New training settings: the SFT row is retrained and re-evaluated; pretrained and ICL are reused."""
+    import copy
+
+    shutil.copytree(compared["root"] / "out", tmp_path / "out")
+    recipe = copy.deepcopy(compared["recipe"])
+    recipe.training.learning_rate *= 2
+    calls = []
+    real = cmp.evaluate
+    monkeypatch.setattr(cmp, "evaluate", lambda **kw: calls.append(kw["label"]) or real(**kw))
+    before = json.loads((tmp_path / "out" / "sft-seeds" / "train.json").read_text())
+    res = cmp.compare(recipe, **{**compared["args"], "out": tmp_path / "out",
+                                 "baselines": ("pretrained", "sft-seeds", "icl-knn")})
+    assert calls == ["SFT on seeds"]
+    after = json.loads((tmp_path / "out" / "sft-seeds" / "train.json").read_text())
+    assert after["settings"]["training"]["learning_rate"] == 2 * before["settings"]["training"]["learning_rate"]
+    old = {r["row"]: r for r in compared["result"]["rows"]}
+    assert [r["values"] for r in res["rows"] if r["row"] != "sft-seeds"] == \
+           [old[r]["values"] for r in ("pretrained", "icl-knn")]
