@@ -152,3 +152,32 @@ def test_a_changed_recipe_recomputes_only_the_rows_it_affects(compared, tmp_path
     old = {r["row"]: r for r in compared["result"]["rows"]}
     assert [r["values"] for r in res["rows"] if r["row"] != "sft-seeds"] == \
            [old[r]["values"] for r in ("pretrained", "icl-knn")]
+
+
+def test_domains_grid(finished, embedder, tmp_path, monkeypatch):
+    """--domains on two tiny recipes (safety and truthfulness seeds): the pretrained row, then one row
+    per recipe's last adapter, every row on every suite asked for; cached on a second call."""
+    from conftest import REPO, TINY
+
+    from isara_lite.recipe import load_recipe
+
+    recipe, run, _ = finished
+    truth = load_recipe(REPO / "recipes" / "truthfulness.yaml", TINY)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run, tmp_path / "runs" / recipe.name)  # resumed as done; truthfulness is run here
+    calls = []
+    real = cmp.evaluate
+    monkeypatch.setattr(cmp, "evaluate", lambda **kw: calls.append((kw["label"], kw["adapter"])) or real(**kw))
+    args = dict(suites=["safety"], limit=1, data=DATA, max_tokens=8, embedder=embedder)
+    res = cmp.compare_domains([recipe, truth], **args)
+    assert [r["row"] for r in res["rows"]] == ["pretrained", f"trained-{recipe.name}", "trained-truthfulness"]
+    assert [a for _, a in calls] == [None, Path("runs") / recipe.name / "iter_1" / "adapter",
+                                     Path("runs") / "truthfulness" / "iter_1" / "adapter"]
+    assert (tmp_path / "runs" / "truthfulness" / "iter_1" / "adapter" / "adapter_model.safetensors").is_file()
+    assert res["domains"] is True and res["columns"] == [c[0] for c in cmp.COLUMNS if c[1] == "safety"]
+    out = tmp_path / "runs" / f"domains-{recipe.name}+truthfulness"
+    assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(res["rows"]))
+    n = len(calls)
+    assert cmp.compare_domains([recipe, truth], **args)["rows"] == res["rows"] and len(calls) == n
+    with pytest.raises(IsaraError, match="at least two"):
+        cmp.compare_domains([recipe], **args)
