@@ -157,21 +157,22 @@ class BatchDecoder:
         return results
 
     # -- likelihood scoring ----------------------------------------------------------------------
-    def score(self, seqs: list[tuple[list[int], int]]) -> list[float]:
+    def score(self, seqs: list[tuple[list[int], int]], share: bool = True) -> list[float]:
         """Sum of log p(token) over each sequence's tokens after its first n_prompt ones.
 
         Several sequences share one llama_batch (one seq id each). Sequences are taken in sorted
         token order, and a token that several of them share at the same position (a common prefix:
         lm-eval's primer, a question with its answer choices) is decoded once for all of them, one
         llama_batch entry carrying every seq id. Logits are requested only at the positions that
-        predict a scored token and read right after the decode that made them."""
+        predict a scored token and read right after the decode that made them. share=False decodes
+        every sequence whole (the baseline of benchmarks/score.py)."""
         out = [0.0] * len(seqs)
         order = sorted(range(len(seqs)), key=lambda i: seqs[i][0])
         lcp = [0] * len(order)  # common prefix length with the previous sequence in sorted order
         for n in range(1, len(order)):
             a, b = seqs[order[n - 1]][0], seqs[order[n]][0]
             m = min(len(a), len(b))
-            while lcp[n] < m and a[lcp[n]] == b[lcp[n]]:
+            while share and lcp[n] < m and a[lcp[n]] == b[lcp[n]]:
                 lcp[n] += 1
         start = 0
         while start < len(order):
@@ -195,11 +196,11 @@ class BatchDecoder:
         try:
             for slot, i in enumerate(chunk):
                 toks = seqs[i][0]
+                reach = [len(toks)]  # reach[m]: tokens this sequence shares with sequence slot + m
+                for m in range(slot + 1, len(chunk)):
+                    reach.append(min(reach[-1], lcp[m]))
                 for pos in range(lcp[slot], len(toks)):
-                    # every later sequence in the chunk that still shares this position
-                    members = [slot]
-                    while members[-1] + 1 < len(chunk) and min(lcp[slot + 1:members[-1] + 2]) > pos:
-                        members.append(members[-1] + 1)
+                    members = [slot + m for m, r in enumerate(reach) if r > pos]  # a prefix: reach never grows
                     wants = [(chunk[m], seqs[chunk[m]][0][pos + 1]) for m in members
                              if max(seqs[chunk[m]][1] - 1, 0) <= pos < len(seqs[chunk[m]][0]) - 1]
                     if self.batch.n_tokens == 512:
