@@ -64,8 +64,10 @@ class Consistency:
         self.refusals, self.n = sum(labels), len(labels)
         self.model = None
         if min(self.refusals, self.n - self.refusals) >= 2:
-            # balanced: a domain's seeds need not hold as many refusals as answers
-            self.model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+            # C=10 unweighted: on the safety seeds it flags 77% of the held-out harmful prompts and
+            # 4% of the benign ones; class balancing flagged 15-17% of benign ones (ordinary questions
+            # far from every seed fell on the refusal side)
+            self.model = LogisticRegression(C=10.0, max_iter=1000)
             self.model.fit(embedder([s.prompt for s in seeds]), labels)
 
     def __call__(self, questions: list[str], answers: list[str]) -> list[bool]:
