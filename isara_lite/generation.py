@@ -42,11 +42,14 @@ def question_demos(pools, k: int, rng: random.Random) -> list[Sample]:
 
 
 def answer_demos(pools, k: int, query) -> list[Sample]:
-    """Nearest questions per pool; nearest placed last, right before the new question."""
-    demos = []
+    """Nearest questions per pool, ordered across pools by distance so that the nearest of all is
+    last, right before the new question: a small model copies the last demonstration's style most,
+    so an earlier pool's one demo must not take that place unless it is the closest."""
+    found = []
     for pool, n in zip(pools, demo_counts(k, len(pools))):
-        demos += pool.nearest(query, n)[::-1]
-    return demos
+        found += pool.scored(query, n)
+    found.sort(key=lambda f: -f[0])  # stable: ties keep pool order
+    return [s for _, s in found]
 
 
 def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, indices: list[int],

@@ -45,8 +45,12 @@ class Pool:
 
     def nearest(self, query: np.ndarray, k: int) -> list:
         """The k samples whose questions are closest to the query, nearest first."""
+        return [s for _, s in self.scored(query, k)]
+
+    def scored(self, query: np.ndarray, k: int) -> list[tuple[float, object]]:
+        """(cosine distance, sample) for the k nearest questions, nearest first."""
         k = min(k, len(self.samples))
         if k == 0:
             return []
         found = self.index.search(query, k, exact=True)
-        return [self.samples[int(key)] for key in found.keys[:k]]
+        return [(float(d), self.samples[int(key)]) for key, d in zip(found.keys[:k], found.distances[:k])]

@@ -119,6 +119,18 @@ def test_answer_demos_with_later_pool(seed_pool, embedder):
                          Sample(prompt="Which vegetables grow well in shade?", response="a", id="it1-1")], embedder)
     q = embedder(["How do I terminate a hung process on Linux?"])[0]
     demos = answer_demos([seed_pool, later], 4, q)
-    assert demos[2].id == "seed-0"  # the seeds give k-1=3 demos, nearest seed last of that block
-    assert len(demos) == 4
-    assert demos[3].id == "it1-0"  # one from the later pool: its nearest
+    ids = [d.id for d in demos]
+    assert len(ids) == 4 and sum(i.startswith("it1-") for i in ids) == 1  # k-1 seeds, one from the later pool
+    assert "it1-0" in ids and "seed-0" in ids  # each pool's nearest
+    # ordered by similarity across pools, nearest of all last
+    sims = [float(q @ v) for v in embedder([d.prompt for d in demos])]
+    assert sims == sorted(sims)
+
+
+def test_answer_demos_far_later_pool_demo_does_not_take_the_last_place(seed_pool, embedder):
+    """An earlier iteration's one demo goes before the seeds when it is farther from the question."""
+    later = Pool("it1", [Sample(prompt="Which vegetables grow well in shade?", response="a", id="it1-1")], embedder)
+    q = embedder(["How do I terminate a hung process on Linux?"])[0]
+    demos = answer_demos([seed_pool, later], 4, q)
+    assert demos[-1].id == "seed-0"
+    assert demos[0].id == "it1-1"
