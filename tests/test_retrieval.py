@@ -80,6 +80,14 @@ def test_nearest_is_sorted_by_similarity(pool, embedder):
     assert sims == sorted(sims, reverse=True)
 
 
+def test_scored_distances_are_cosine_distances(pool, embedder):
+    q = query(embedder, "How do I terminate a hung process on Linux?")
+    scored = pool.scored(q, 6)
+    assert [s for _, s in scored] == pool.nearest(q, 6)
+    for d, s in scored:
+        assert d == pytest.approx(1.0 - float(q @ embedder([s.prompt])[0]), abs=1e-4)
+
+
 def test_k_larger_than_pool_returns_all(pool, embedder):
     found = pool.nearest(query(embedder, "How do I terminate a hung process on Linux?"), 50)
     assert len(found) == 6
