@@ -47,7 +47,7 @@ def answer_demos(pools, k: int, query) -> list[Sample]:
     so an earlier pool's one demo must not take that place unless it is the closest."""
     found = []
     for pool, n in zip(pools, demo_counts(k, len(pools))):
-        found += pool.scored(query, n)
+        found += pool.nearest(query, n)
     found.sort(key=lambda f: -f[0])  # stable: ties keep pool order
     return [s for _, s in found]
 

@@ -43,12 +43,8 @@ class Pool:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def nearest(self, query: np.ndarray, k: int) -> list:
-        """The k samples whose questions are closest to the query, nearest first."""
-        return [s for _, s in self.scored(query, k)]
-
-    def scored(self, query: np.ndarray, k: int) -> list[tuple[float, object]]:
-        """(cosine distance, sample) for the k nearest questions, nearest first."""
+    def nearest(self, query: np.ndarray, k: int) -> list[tuple[float, object]]:
+        """(cosine distance, sample) for the k samples whose questions are closest, nearest first."""
         k = min(k, len(self.samples))
         if k == 0:
             return []

@@ -24,6 +24,11 @@ def pool(embedder):
     return Pool("seeds", SAMPLES, embedder)
 
 
+def near(pool, q, k):
+    """The samples of pool.nearest, without their distances."""
+    return [s for _, s in pool.nearest(q, k)]
+
+
 def query(embedder, text):
     return embedder([text])[0]
 
@@ -62,7 +67,7 @@ def test_pool_len_and_name(pool):
     ("How do leaves turn sunlight into sugar?", "plants"),
 ])
 def test_nearest_first(pool, embedder, text, expected):
-    found = pool.nearest(query(embedder, text), 3)
+    found = near(pool, query(embedder, text), 3)
     assert len(found) == 3
     assert found[0].id == expected
     assert len({s.id for s in found}) == 3
@@ -70,41 +75,39 @@ def test_nearest_first(pool, embedder, text, expected):
 
 def test_nearest_exact_question_is_first(pool, embedder):
     for s in SAMPLES:
-        assert pool.nearest(query(embedder, s.prompt), 1)[0] is s
+        assert near(pool, query(embedder, s.prompt), 1)[0] is s
 
 
 def test_nearest_is_sorted_by_similarity(pool, embedder):
     q = query(embedder, "How do I terminate a hung process on Linux?")
-    found = pool.nearest(q, 6)
+    found = near(pool, q, 6)
     sims = [float(q @ v) for v in embedder([s.prompt for s in found])]
     assert sims == sorted(sims, reverse=True)
 
 
-def test_scored_distances_are_cosine_distances(pool, embedder):
+def test_nearest_distances_are_cosine_distances(pool, embedder):
     q = query(embedder, "How do I terminate a hung process on Linux?")
-    scored = pool.scored(q, 6)
-    assert [s for _, s in scored] == pool.nearest(q, 6)
-    for d, s in scored:
+    for d, s in pool.nearest(q, 6):
         assert d == pytest.approx(1.0 - float(q @ embedder([s.prompt])[0]), abs=1e-4)
 
 
 def test_k_larger_than_pool_returns_all(pool, embedder):
-    found = pool.nearest(query(embedder, "How do I terminate a hung process on Linux?"), 50)
+    found = near(pool, query(embedder, "How do I terminate a hung process on Linux?"), 50)
     assert len(found) == 6
     assert {s.id for s in found} == set(QUESTIONS)
     assert found[0].id == "kill"
 
 
 def test_k_zero_returns_empty(pool, embedder):
-    assert pool.nearest(query(embedder, "anything"), 0) == []
+    assert near(pool, query(embedder, "anything"), 0) == []
 
 
 def test_empty_pool_returns_empty(embedder):
     empty = Pool("it1", [], embedder)
     assert len(empty) == 0
-    assert empty.nearest(query(embedder, "How do I terminate a hung process?"), 3) == []
+    assert near(empty, query(embedder, "How do I terminate a hung process?"), 3) == []
 
 
 def test_single_sample_pool(embedder):
     one = Pool("it1", SAMPLES[:1], embedder)
-    assert [s.id for s in one.nearest(query(embedder, "banana bread"), 4)] == ["kill"]
+    assert [s.id for s in near(one, query(embedder, "banana bread"), 4)] == ["kill"]
