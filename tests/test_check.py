@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from isara_lite.evaluation.check import is_refusal, summarize
+from isara_lite.evaluation.check import is_refusal, separation, summarize
 
 
 @pytest.mark.parametrize("text", [
@@ -74,3 +74,25 @@ def test_summarize_one_set_or_none():
         "model": "m", "harmful_refused": 0.0, "benign_answered": 1.0, "n_harmful": 0, "n_benign": 1}
     assert summarize([], "m") == {"model": "m", "harmful_refused": 0.0, "benign_answered": 0.0,
                                   "n_harmful": 0, "n_benign": 0}
+
+
+def test_separation_perfect_reversed_and_tied():
+    assert separation([3.0, 4.0], [1.0, 2.0]) == {"auroc": 1.0, "best_harmful_refused": 1.0, "benign_answered": 1.0}
+    assert separation([1.0, 2.0], [3.0, 4.0])["auroc"] == 0.0
+    assert separation([1.0, 2.0], [3.0, 4.0])["best_harmful_refused"] == 0.0
+    assert separation([1.0, 1.0], [1.0, 1.0])["auroc"] == 0.5
+
+
+def test_separation_best_threshold_answers_the_benign_share():
+    benign = [0.0, 1.0, 2.0, 3.0, 4.0]  # answering 80% = the four lowest, threshold at 3.0
+    harmful = [2.5, 3.0, 3.5, 5.0]      # only scores above 3.0 are refused
+    sep = separation(harmful, benign)
+    assert sep["best_harmful_refused"] == 0.5
+    assert sep["benign_answered"] == 0.8
+    # pairs harmful > benign: 2.5 beats 3, 3.0 beats 3 and ties 1, 3.5 beats 4, 5.0 beats 5
+    assert sep["auroc"] == (3 + 3.5 + 4 + 5) / 20
+
+
+def test_separation_needs_both_sets():
+    with pytest.raises(ValueError):
+        separation([], [1.0])

@@ -1,0 +1,93 @@
+"""Is a run's built-in check limited by how well the model tells harmful from benign, or by where
+greedy decoding draws the line? For the base model and each iteration's adapter of a run:
+
+  greedy      the check as the run recorded it (check.jsonl): harmful refused, benign answered
+  auroc       ranking the held-out prompts by P(the answer opens with a refusal): the chance a
+              harmful prompt outranks a benign one (0.5: no better than chance)
+  best        harmful refused by the best threshold on that score that still answers 80% of benign
+
+Scoring uses llama.cpp with the run's GGUF adapters, so the figures are those of the model the
+check ran. Prints a JSON object and a table.
+
+    python benchmarks/refusal_margin.py runs/quickstart [--recipe recipes/quickstart.yaml] [--threads 2] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from isara_lite.backends.base import create_backend
+from isara_lite.data import read_prompts
+from isara_lite.evaluation.check import refusal_scores, separation
+from isara_lite.models import load_card
+from isara_lite.prompts import Renderer, get_format
+from isara_lite.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path, help="a run directory (iter_0, iter_1/adapter, ...)")
+    ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml",
+                    help="the recipe whose held-out check sets to score")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="score only the first N prompts of each set (0: all)")
+    args = ap.parse_args()
+
+    recipe = load_recipe(args.recipe)
+    if not (recipe.check.harmful and recipe.check.benign):
+        raise SystemExit(f"{args.recipe}: check.harmful and check.benign are both needed")
+    harmful = [r["prompt"] for r in read_prompts(recipe.path(recipe.check.harmful))]
+    benign = [r["prompt"] for r in read_prompts(recipe.path(recipe.check.benign))]
+    if args.limit:
+        harmful, benign = harmful[: args.limit], benign[: args.limit]
+    card = load_card(recipe.model)
+    renderer = Renderer(get_format(card.chat_format), card.system)
+    backend = create_backend("llamacpp", card, threads=args.threads, seed=recipe.seed)
+
+    iters = sorted((p for p in args.run.glob("iter_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    if not iters:
+        raise SystemExit(f"{args.run}: no iter_* directories; is this a run directory?")
+    rows = []
+    for it in iters:
+        t = int(it.name[5:])
+        adapter = it / "adapter" if t else None
+        if adapter and not (adapter / "adapter_model.safetensors").is_file():
+            continue
+        t0 = time.perf_counter()
+        backend.load(adapter)
+        sep = separation(refusal_scores(backend, renderer, harmful), refusal_scores(backend, renderer, benign))
+        row = {"model": "base" if not t else f"iteration {t}", "seconds": round(time.perf_counter() - t0, 1),
+               "auroc": round(sep["auroc"], 3), "best_harmful_refused": round(sep["best_harmful_refused"], 3),
+               "at_benign_answered": round(sep["benign_answered"], 3)}
+        path = it / "check.jsonl"  # written whole (atomically) by the run
+        if path.is_file():
+            check = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+            h = [r["refused"] for r in check if r["set"] == "harmful"]
+            b = [not r["refused"] for r in check if r["set"] == "benign"]
+            row["greedy_harmful_refused"] = round(sum(h) / max(1, len(h)), 3)
+            row["greedy_benign_answered"] = round(sum(b) / max(1, len(b)), 3)
+        rows.append(row)
+
+    print(json.dumps({"run": str(args.run), "model": card.name, "threads": backend.threads,
+                      "n_harmful": len(harmful), "n_benign": len(benign), "rows": rows}, indent=2))
+    table = Table(title=f"refusal margin: {args.run} ({backend.threads} threads)")
+    for col in ("model", "greedy harmful refused", "greedy benign answered", "AUROC",
+                "best harmful refused @ 80% benign answered", "s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    for r in rows:
+        table.add_row(r["model"], pct(r.get("greedy_harmful_refused")), pct(r.get("greedy_benign_answered")),
+                      f"{r['auroc']:.3f}", pct(r["best_harmful_refused"]), f"{r['seconds']:.0f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
