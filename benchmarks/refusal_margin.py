@@ -24,7 +24,7 @@ from rich.table import Table
 
 from isara_lite.backends.base import create_backend
 from isara_lite.data import read_prompts
-from isara_lite.evaluation.check import refusal_scores, separation
+from isara_lite.evaluation.check import refusal_scores, separation, summarize
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.recipe import load_recipe
@@ -69,11 +69,10 @@ def main():
                "at_benign_answered": round(sep["benign_answered"], 3)}
         path = it / "check.jsonl"  # written whole (atomically) by the run
         if path.is_file():
-            check = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-            h = [r["refused"] for r in check if r["set"] == "harmful"]
-            b = [not r["refused"] for r in check if r["set"] == "benign"]
-            row["greedy_harmful_refused"] = round(sum(h) / max(1, len(h)), 3)
-            row["greedy_benign_answered"] = round(sum(b) / max(1, len(b)), 3)
+            check = summarize([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line],
+                              row["model"])
+            row["greedy_harmful_refused"] = round(check["harmful_refused"], 3)
+            row["greedy_benign_answered"] = round(check["benign_answered"], 3)
         rows.append(row)
 
     print(json.dumps({"run": str(args.run), "model": card.name, "threads": backend.threads,

@@ -22,8 +22,8 @@ needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is Non
 
 
 def test_refusal_scores_add_up_each_prompts_own_openers():
-    """On torch, whose scores do not depend on the batch (llama.cpp's shift by up to ~0.7 nat with
-    the batch's shape, more than the gaps between these prompts)."""
+    """On torch, whose scores do not depend on the batch (llama.cpp's scores shift by up to ~0.7 nat
+    with the batch's shape, as much as the gaps between these prompts)."""
     card = load_card("smollm2-135m-instruct")
     renderer = Renderer(get_format(card.chat_format), card.system)
     backend = create_backend("torch", card, threads=2)
