@@ -23,7 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from isara_lite.backends.base import create_backend
+from isara_lite.chat import run_adapter
 from isara_lite.data import read_prompts
+from isara_lite.errors import IsaraError
 from isara_lite.evaluation.check import refusal_scores, separation, summarize
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
@@ -34,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path, help="a run directory (iter_0, iter_1/adapter, ...)")
+    ap.add_argument("run", type=Path, help="a run directory (recipe.yaml, iter_0, iter_1/adapter, ...)")
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml",
-                    help="the recipe whose held-out check sets to score")
+                    help="the recipe whose held-out check sets to score (the model is the run's own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="score only the first N prompts of each set (0: all)")
     args = ap.parse_args()
@@ -48,13 +50,14 @@ def main():
     benign = [r["prompt"] for r in read_prompts(recipe.path(recipe.check.benign))]
     if args.limit:
         harmful, benign = harmful[: args.limit], benign[: args.limit]
-    card = load_card(recipe.model)
+    try:
+        card = load_card(run_adapter(args.run)[0])  # the run's model, whatever --recipe names
+    except IsaraError as e:
+        raise SystemExit(f"benchmarks/refusal_margin.py: {e}") from None
     renderer = Renderer(get_format(card.chat_format), card.system)
     backend = create_backend("llamacpp", card, threads=args.threads, seed=recipe.seed)
 
     iters = sorted((p for p in args.run.glob("iter_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-    if not iters:
-        raise SystemExit(f"{args.run}: no iter_* directories; is this a run directory?")
     rows = []
     for it in iters:
         t = int(it.name[5:])
@@ -63,7 +66,8 @@ def main():
             continue
         t0 = time.perf_counter()
         backend.load(adapter)
-        sep = separation(refusal_scores(backend, renderer, harmful), refusal_scores(backend, renderer, benign))
+        scores = refusal_scores(backend, renderer, harmful + benign)
+        sep = separation(scores[: len(harmful)], scores[len(harmful):])
         row = {"model": "base" if not t else f"iteration {t}", "seconds": round(time.perf_counter() - t0, 1),
                "auroc": round(sep["auroc"], 3), "best_harmful_refused": round(sep["best_harmful_refused"], 3),
                "at_benign_answered": round(sep["benign_answered"], 3)}
@@ -78,10 +82,10 @@ def main():
     print(json.dumps({"run": str(args.run), "model": card.name, "threads": backend.threads,
                       "n_harmful": len(harmful), "n_benign": len(benign), "rows": rows}, indent=2))
     table = Table(title=f"refusal margin: {args.run} ({backend.threads} threads)")
-    for col in ("model", "greedy harmful refused", "greedy benign answered", "AUROC",
-                "best harmful refused @ 80% benign answered", "s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
     pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    for col in ("model", "greedy harmful refused", "greedy benign answered", "AUROC",
+                f"best harmful refused @ {pct(rows[0]['at_benign_answered'])} benign answered", "s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(r["model"], pct(r.get("greedy_harmful_refused")), pct(r.get("greedy_benign_answered")),
                       f"{r['auroc']:.3f}", pct(r["best_harmful_refused"]), f"{r['seconds']:.0f}")
