@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -163,6 +164,9 @@ def report(run, compare_dir, out):
 
 
 def main():
+    # A native library that still crashes (the llama.cpp probe covers the known case) prints
+    # "Fatal Python error: Illegal instruction" and the Python stack instead of a bare exit code.
+    faulthandler.enable()
     try:
         cli.main(standalone_mode=False)
     except IsaraError as e:

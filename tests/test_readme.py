@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"```bash\n(python3 -m venv .*?)\n```", readme)
+    commands = re.findall(r"```bash\n(bash install.sh .*?)\n```", readme)
     assert len(commands) == 2, "README gives two set-up commands"
     quickstart, tests = commands
     assert quickstart.endswith("isara align recipes/quickstart.yaml")

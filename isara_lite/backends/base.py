@@ -94,6 +94,13 @@ def choose_backend(card) -> tuple[str, str]:
         return "torch", "llama-cpp-python is not installed"
     if card.gguf_path(build=False) is None and not card.gguf:
         return "torch", f"model '{card.name}' has no GGUF for llama.cpp"
+    gguf = card.gguf_path()
+    if gguf is not None:
+        from .probe import llama_cpp_problem
+
+        problem = llama_cpp_problem(gguf)
+        if problem:
+            return "torch", problem
     return "llamacpp", "CPU: quantized llama.cpp generation, PyTorch LoRA training on the same weights"
 
 

@@ -30,6 +30,11 @@ class LlamaCppBackend:
         if self.gguf is None:
             raise IsaraError(f"model '{card.name}' has no GGUF file for llama.cpp: {card.how_to_get()}, "
                              "or use --backend torch")
+        from .probe import llama_cpp_problem
+
+        problem = llama_cpp_problem(self.gguf)  # a SIGILL here would end isara with no message
+        if problem:
+            raise IsaraError(problem)
         self.batched, self.max_seqs = batched, max_seqs
         self._trainer = None
         self._batch = None  # the multi-sequence decoder, made on first use for the current adapter
