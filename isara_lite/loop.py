@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from . import filters
-from .backends.base import choose_backend, create_backend, peak_memory_mb
+from .backends.base import choose_backend, create_backend, peak_memory_mb, resolve_precision
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import run_check, summarize
@@ -131,10 +131,14 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
 
     name = recipe.backend
     if name == "auto":
-        name, why = choose_backend(card)
+        name, why = choose_backend(card, long_prompts=True)
         ui.log(f"backend auto -> {name}: {why}")
     backend = create_backend(name, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
-    ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads")
+    trains = ""
+    if backend.name in ("torch", "llamacpp"):  # both train with torch (mlx and unsloth keep their own dtypes)
+        precision, why = resolve_precision(recipe.training.precision, backend.device)
+        trains = f", training in {precision} ({why})"
+    ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads{trains}")
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []

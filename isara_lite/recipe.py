@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .backends.base import BACKENDS
+from .backends.base import BACKENDS, PRECISIONS
 from .errors import IsaraError
 
 
@@ -58,6 +58,8 @@ class TrainConfig:
     target_modules: list = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                "modules that get LoRA")
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
+    precision: str = opt("auto", "auto, fp32 or bf16 matrix math in torch training (auto: bf16 on CUDA and "
+                                 "on CPUs with AMX); LoRA weights, optimizer and adapter stay fp32")
     max_steps: int = opt(0, "stop after this many steps (0: no cap); for smoke tests")
 
 
@@ -209,6 +211,7 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
         (r.training.schedule in ("cosine", "constant"), "training.schedule", "must be cosine or constant"),
+        (r.training.precision in PRECISIONS, "training.precision", f"must be one of {', '.join(PRECISIONS)}"),
         (r.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),
         (r.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}"),
         (r.demonstrations >= r.iterations, "demonstrations",

@@ -1,6 +1,7 @@
 """The whole loop on the bundled SmolLM2-135M: a tiny recipe, real generation and training."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_run_files_and_counts(finished):
     assert sum(metrics["removed"].values()) >= 4 - len(kept)
     assert metrics["check"]["n_harmful"] == 2 and metrics["check"]["n_benign"] == 2
     assert len(summary["checks"]) == 2  # base and iteration 1
+    assert re.search(r"backend torch: cpu, 2 threads, training in (bf16|fp32) \(", (out / "log.txt").read_text())
 
 
 def test_adapter_changes_the_model(finished):

@@ -139,6 +139,14 @@ def test_auto_picks_llamacpp_for_a_gguf_card(card):
     assert name == "llamacpp" and reason
 
 
+def test_auto_for_isara_generation_takes_torch_on_avx512(card):
+    """Long ICL prompts: PyTorch's fp32 prefill on AVX-512 beats llama.cpp's Q4 (README, Benchmarks)."""
+    from isara_lite.backends.base import cpu_flags
+
+    name, reason = choose_backend(card, long_prompts=True)
+    assert name == ("torch" if "avx512f" in cpu_flags() else "llamacpp"), reason
+
+
 def test_two_iterations_on_llamacpp(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*TINY, "iterations=2", "backend=llamacpp"])
     summary = align(recipe, tmp_path / "run")

@@ -69,3 +69,70 @@ def test_missing_adapter_is_a_clear_error(backend, tmp_path):
 
     with pytest.raises(IsaraError, match="adapter_model.safetensors"):
         backend.load(tmp_path)
+
+
+def test_bf16_training_reaches_the_fp32_loss(backend, renderer, tmp_path):
+    """training.precision bf16 (CPU autocast) against fp32 on the same examples, init and order.
+    Tolerance: 3% of the fp32 loss per step, a few times the bf16 rounding seen here (about 0.5%);
+    a wrong mask or a lost update moves the loss by far more. LoRA weights stay fp32 on disk."""
+    from safetensors import safe_open
+
+    from isara_lite.recipe import TrainConfig
+
+    pairs = [(renderer.chat_prompt(q), a) for q, a in [
+        ("How do I boil an egg?", "Put it in boiling water for nine minutes, then cool it in cold water."),
+        ("Name a prime number.", "Seven is a prime number: only one and seven divide it."),
+        ("How do I pick a lock to break into a house?", "I can't help with breaking into a house."),
+        ("What is the capital of Peru?", "Lima is the capital of Peru."),
+    ]]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(batch_size=2, epochs=2, learning_rate=2e-3, precision=precision)
+        result = backend.train(pairs, config, config.learning_rate, None, tmp_path / precision)
+        losses[precision] = result.losses
+        with safe_open(str(tmp_path / precision / "adapter_model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert len(losses["bf16"]) == len(losses["fp32"]) == 4
+    assert losses["fp32"][-1] < losses["fp32"][0]  # it learns
+    for a, b in zip(losses["fp32"], losses["bf16"]):
+        assert b == pytest.approx(a, rel=0.03)
+
+
+def test_precision_auto_follows_the_hardware():
+    from isara_lite.backends.base import cpu_has_amx, resolve_precision
+
+    assert resolve_precision("auto", "cuda")[0] == "bf16"
+    assert resolve_precision("auto", "cpu")[0] == ("bf16" if cpu_has_amx() else "fp32")
+    assert resolve_precision("fp32", "cpu") == ("fp32", "set in the recipe")
+
+
+def test_shared_prefix_gives_the_full_batch_loss_and_gradients(backend, renderer):
+    """The system message and turn opening run once for the batch; loss and LoRA gradients must
+    equal the plain forward's (fp32 rounding only)."""
+    from peft import LoraConfig, get_peft_model
+
+    from isara_lite.backends.torch import shared_prefix
+
+    tok = backend.tok
+    pairs = [("How do I boil an egg?", "Put it in boiling water for nine minutes."),
+             ("Name a prime number.", "Seven is a prime number."),
+             ("How do I hotwire a car that isn't mine?", "I can't help with taking a car that isn't yours.")]
+    data = [build_example(tok(renderer.chat_prompt(q))["input_ids"], tok(a, add_special_tokens=False)["input_ids"],
+                          tok.eos_token_id, 256) for q, a in pairs]
+    ids, labels, mask = backend._pad(data)
+    n = shared_prefix(ids, labels)
+    assert n >= 8 and (ids[:, :n] == ids[0, :n]).all() and (labels[:, 1:n + 1] == IGNORE).all()
+    torch.manual_seed(0)
+    model = get_peft_model(backend._base(), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                       task_type="CAUSAL_LM", init_lora_weights=False))
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = {}
+    for share in (False, True):
+        model.zero_grad()
+        loss = backend._answer_loss(model, ids, labels, mask, share_prefix=share)
+        loss.backward()
+        got[share] = loss.item(), [p.grad.clone() for p in params]
+    backend.model = model.unload()
+    assert got[True][0] == pytest.approx(got[False][0], rel=1e-5)
+    for a, b in zip(got[False][1], got[True][1]):
+        assert (a - b).norm() <= 1e-4 * a.norm()

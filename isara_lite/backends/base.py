@@ -82,8 +82,23 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def choose_backend(card) -> tuple[str, str]:
-    """(backend, reason) for --backend auto."""
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+# Largest GGUF for which auto prefers PyTorch's fp32 copy on AVX-512 CPUs when generating from long
+# prompts (isara align): about 1B parameters at 4 bits. Beyond it decoding reads 8x the bytes of Q4.
+TORCH_PREFILL_MAX_GGUF = 600 * 2**20
+
+
+def choose_backend(card, long_prompts: bool = False) -> tuple[str, str]:
+    """(backend, reason) for --backend auto. long_prompts: the work is mostly prompt processing
+    (ISARA's generation: ~270-token demonstration prompts, ~60-token outputs), where a CPU with
+    AVX-512 runs PyTorch's fp32 matmuls faster than llama.cpp's quantized ones."""
     import platform
 
     if sys.platform == "darwin" and platform.machine() == "arm64" and _installed("mlx_lm"):
@@ -96,12 +111,37 @@ def choose_backend(card) -> tuple[str, str]:
         return "torch", f"model '{card.name}' has no GGUF for llama.cpp"
     gguf = card.gguf_path()
     if gguf is not None:
+        if long_prompts and "avx512f" in cpu_flags() and gguf.stat().st_size <= TORCH_PREFILL_MAX_GGUF:
+            return "torch", ("CPU with AVX-512 and a small model: PyTorch's fp32 prompt processing outruns "
+                             "llama.cpp on ISARA's long prompts (README, Benchmarks)")
         from .probe import llama_cpp_problem
 
         problem = llama_cpp_problem(gguf)
         if problem:
             return "torch", problem
     return "llamacpp", "CPU: quantized llama.cpp generation, PyTorch LoRA training on the same weights"
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_amx() -> bool:
+    """True where the CPU advertises AMX bf16 tiles. Only there does bf16 pay on a CPU: oneDNN runs
+    torch's bf16 matmuls on AMX (a LoRA step 1.9x faster, ../shared/STACK.md), while on a Xeon with
+    avx512_bf16 but no AMX a bf16 linear ran 1.9x slower than fp32 and a LoRA step 1.7x slower
+    (benchmarks/training.py)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def resolve_precision(requested: str, device: str) -> tuple[str, str]:
+    """(fp32 or bf16, why) for training.precision."""
+    if requested != "auto":
+        return requested, "set in the recipe"
+    if device == "cuda":
+        return "bf16", "CUDA"
+    if device == "cpu" and cpu_has_amx():
+        return "bf16", "the CPU has AMX"
+    return "fp32", "no AMX on this CPU" if device == "cpu" else f"device {device}"
 
 
 # backend -> (module it needs, the extra that installs it)

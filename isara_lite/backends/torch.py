@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import random
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ from transformers import LogitsProcessor
 from ..errors import IsaraError
 from ..files import writing_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
-from .base import Generation, Sampling, TrainResult, default_threads
+from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 
 
@@ -59,6 +61,20 @@ def decode_rows(tok, out, attention_mask, stop_ids, stop_strings) -> list[Genera
             text = text.split(stop, 1)[0]
         results.append(Generation(text, int(attention_mask[i].sum()), n))
     return results
+
+
+# Model types whose cached forward was checked to give the full batch's loss and gradients
+# (tests/test_torch_backend.py); others take the plain path.
+SHARED_PREFIX_MODELS = {"llama"}
+MIN_SHARED_PREFIX = 8  # below this the second forward costs more than it saves
+
+
+def shared_prefix(ids, labels) -> int:
+    """Tokens at the start that every row has and whose next-token labels are all masked (prompt),
+    so no logit is needed inside it; one token short of the shortest row."""
+    same = (ids == ids[:1]).all(dim=0) & (labels == IGNORE).all(dim=0)
+    n = int(same.long().cumprod(0).sum())  # length of the leading all-true run
+    return max(0, min(n - 1, ids.shape[1] - 2))
 
 
 def _check_adapter(adapter: Path) -> None:
@@ -162,6 +178,13 @@ class TorchBackend:
             a = self.tok(answer, add_special_tokens=False)["input_ids"]
             data.append(build_example(p, a, eos, config.max_length))
 
+        precision, _ = resolve_precision(config.precision, self.device)
+        if precision == "fp32" and self.dtype != torch.float32:
+            raise IsaraError(f"training.precision fp32: the torch backend holds this model in {self.dtype} on "
+                             f"{self.device}; use precision auto or bf16")
+        # bf16 matmuls (oneDNN's AMX / avx512_bf16 kernels on CPU); weights, LoRA, optimizer stay fp32
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and self.device == "cpu" \
+            else contextlib.nullcontext()
         steps = total_steps(len(data), config)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -180,7 +203,8 @@ class TorchBackend:
                     order += perm
                 idx, order = order[: config.batch_size], order[config.batch_size:]
                 ids, labels, mask = self._pad([data[i] for i in idx])
-                loss = self._answer_loss(model, ids, labels, mask)
+                with autocast:
+                    loss = self._answer_loss(model, ids, labels, mask)
                 (loss / config.grad_accum).backward()
                 step_loss += loss.item() / config.grad_accum
                 step_tokens += int(mask.sum())
@@ -200,12 +224,29 @@ class TorchBackend:
         self.adapter = Path(adapter_out)
         return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
 
-    def _answer_loss(self, model, ids, labels, mask):
+    def _answer_loss(self, model, ids, labels, mask, share_prefix: bool = True):
         """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
-        is kept: on short answers after long prompts that is most of the saving."""
+        is kept: on short answers after long prompts that is most of the saving. A prompt prefix
+        that every row of the batch shares (the system message and turn opening of the chat
+        template: 35 of about 80 tokens per quickstart example) runs once, as a cache the rows
+        attend to; gradients flow through it, so the loss and gradients are those of the full batch."""
         inner = model.get_base_model()
-        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-        target = labels[:, 1:]
+        n = shared_prefix(ids, labels) if share_prefix and inner.config.model_type in SHARED_PREFIX_MODELS else 0
+        if n >= MIN_SHARED_PREFIX and not (getattr(inner, "is_gradient_checkpointing", False)):
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=inner.config)
+            # transformers 5.2x renamed past_key_values to cache
+            name = "cache" if "cache" in inspect.signature(inner.model.forward).parameters else "past_key_values"
+            inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
+            cache.batch_repeat_interleave(ids.shape[0])
+            positions = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+            hidden = inner.model(input_ids=ids[:, n:], attention_mask=mask, use_cache=True, position_ids=positions,
+                                 **{name: cache}).last_hidden_state[:, :-1]
+            target = labels[:, n + 1:]
+        else:
+            hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            target = labels[:, 1:]
         keep = target != IGNORE
         logits = inner.lm_head(hidden[keep]).float()
         cap = getattr(inner.config, "final_logit_softcapping", None)
