@@ -1,15 +1,18 @@
 """One iteration's generation (ISARA steps 1-2) on the bundled model, several ways, in one run.
 
   naive       llama.cpp, one create_completion per prompt (llama-cpp-python's high-level API, which
-              reuses the prefix shared with the previous prompt), questions_per_prompt=1
-  llamacpp    this project's llama.cpp backend with the recipe's settings (prefix reuse knob as given)
-  torch       the PyTorch backend (batched transformers generate)
+              reuses the prefix shared with the previous prompt)
+  llamacpp    this project's llama.cpp backend (several sequences per llama_batch)
+  torch       the PyTorch backend (batched transformers generate), fp32 weights
+  torch-bf16  the same with the weights in bf16 (oneDNN's bf16 kernels where the CPU has them)
   ceiling     llama.cpp's own prompt-processing and generation speed here (one sequence, 512-token
               prompt, 128 greedy tokens), times the tokens the naive run evaluated and generated
 
-Prints a JSON object and a table: candidates/min, prompt and generated tokens/s, peak RSS.
+Every mode runs at the same questions_per_prompt; each value given is a separate set of rows (1 is
+the quickstart's setting). Prints a JSON object and a table: candidates/min, prompt and generated
+tokens/s, peak RSS, and the ratio to naive at the same setting.
 
-    python benchmarks/generation.py --candidates 32 --threads 2 --questions-per-prompt 4
+    python benchmarks/generation.py --candidates 32 --threads 2 --questions-per-prompt 1,4
 """
 
 from __future__ import annotations
@@ -35,14 +38,18 @@ def one(mode: str, args) -> dict:
     from isara_lite.recipe import load_recipe
     from isara_lite.retrieval import Embedder, Pool
 
-    qpp = 1 if mode == "naive" else args.questions_per_prompt
+    qpp = args.questions_per_prompt
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
                          [f"candidates={args.candidates}", f"generation.questions_per_prompt={qpp}"])
     card = load_card(recipe.model)
     renderer = Renderer(get_format(card.chat_format), card.system)
     embedder = Embedder()
     pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
-    backend = create_backend("torch" if mode == "torch" else "llamacpp", card, threads=args.threads)
+    backend = create_backend("torch" if mode.startswith("torch") else "llamacpp", card, threads=args.threads)
+    if mode == "torch-bf16":
+        import torch
+
+        backend.model = backend.model.to(torch.bfloat16)
     if mode == "naive":
         backend.batched = False  # one create_completion per prompt
     if mode == "ceiling":
@@ -93,43 +100,54 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--questions-per-prompt", type=int, default=4)
-    ap.add_argument("--modes", default="naive,llamacpp,torch,ceiling")
+    ap.add_argument("--questions-per-prompt", default="1,4", help="comma-separated; 1 is the quickstart's")
+    ap.add_argument("--modes", default="naive,llamacpp,torch,torch-bf16,ceiling")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        args.questions_per_prompt = int(args.questions_per_prompt)
         print(json.dumps(one(args.one, args)))
         return
-    results = {}
-    for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--one", mode, "--candidates", str(args.candidates),
-               "--threads", str(args.threads), "--questions-per-prompt", str(args.questions_per_prompt)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        if out.returncode != 0:
-            sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    report = {"threads": args.threads, "candidates": args.candidates, "results": results}
-    if "ceiling" in results and "naive" in results:
-        c, n = results["ceiling"], results["naive"]
-        secs = n["prompt_tokens"] / c["pp_tok_s"] + n["generated_tokens"] / c["tg_tok_s"]
-        c["seconds"] = secs
-        c["candidates_per_min"] = 60 * args.candidates / secs
-    if "naive" in results:
-        base = results["naive"]["candidates_per_min"]
-        for r in results.values():
-            if "candidates_per_min" in r:
-                r["speedup_vs_naive"] = r["candidates_per_min"] / base
+    rows = []
+    modes = args.modes.split(",")
+    ceiling_result = None
+    for qpp in [int(q) for q in args.questions_per_prompt.split(",")]:
+        results = {}
+        for mode in modes:
+            if mode == "ceiling" and ceiling_result is not None:
+                results[mode] = dict(ceiling_result)
+                continue
+            cmd = [sys.executable, __file__, "--one", mode, "--candidates", str(args.candidates),
+                   "--threads", str(args.threads), "--questions-per-prompt", str(qpp)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            if out.returncode != 0:
+                sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
+            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            if mode == "ceiling":
+                ceiling_result = dict(results[mode])
+        if "ceiling" in results and "naive" in results:
+            c, n = results["ceiling"], results["naive"]
+            secs = n["prompt_tokens"] / c["pp_tok_s"] + n["generated_tokens"] / c["tg_tok_s"]
+            c.update(seconds=secs, candidates_per_min=60 * args.candidates / secs)
+        if "naive" in results:
+            base = results["naive"]["candidates_per_min"]
+            for r in results.values():
+                if "candidates_per_min" in r:
+                    r["speedup_vs_naive"] = r["candidates_per_min"] / base
+        for mode, r in results.items():
+            rows.append({**r, "mode": mode, "questions_per_prompt": qpp})
+    report = {"threads": args.threads, "candidates": args.candidates, "results": rows}
     print(json.dumps(report, indent=2))
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"generation, {args.candidates} candidates, {args.threads} threads")
-    for col in ["mode", "cand/min", "x naive", "prompt tok/s", "gen tok/s", "peak RSS MB"]:
+    for col in ["mode", "q/prompt", "cand/min", "x naive", "prompt tok/s", "gen tok/s", "peak RSS MB"]:
         t.add_column(col, justify="right")
-    for m, r in results.items():
-        t.add_row(m, f"{r.get('candidates_per_min', 0):.1f}", f"{r.get('speedup_vs_naive', 0):.2f}",
-                  f"{r.get('prompt_tok_s', r.get('pp_tok_s', 0)):.0f}", f"{r.get('gen_tok_s', r.get('tg_tok_s', 0)):.0f}",
-                  f"{r.get('peak_rss_mb', 0):.0f}")
+    for r in rows:
+        t.add_row(r["mode"], str(r["questions_per_prompt"]), f"{r.get('candidates_per_min', 0):.1f}",
+                  f"{r.get('speedup_vs_naive', 0):.2f}", f"{r.get('prompt_tok_s', r.get('pp_tok_s', 0)):.0f}",
+                  f"{r.get('gen_tok_s', r.get('tg_tok_s', 0)):.0f}", f"{r.get('peak_rss_mb', 0):.0f}")
     Console().print(t)
 
 
