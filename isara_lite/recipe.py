@@ -75,7 +75,8 @@ class CheckConfig:
 class Recipe:
     name: str = opt("run", "run directory name under runs/")
     model: str = opt("smollm2-135m-instruct", "model card name, .gguf, local dir or hub id")
-    backend: str = opt("auto", "auto, llamacpp, torch, mlx or unsloth (auto: mlx on Apple silicon, unsloth on CUDA, else llamacpp when installed)")
+    backend: str = opt("auto", "auto, llamacpp, torch, mlx or unsloth (auto: mlx on Apple silicon, unsloth on CUDA, torch on "
+                                  "AVX-512 CPUs for small models, else llamacpp when installed)")
     seeds: str = opt("seeds/safety.jsonl", "seed pairs (path relative to the recipe)")
     seed: int = opt(0, "random seed")
     iterations: int = opt(2, "ISARA iterations T")
