@@ -228,7 +228,7 @@ class TorchBackend:
         """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
         is kept: on short answers after long prompts that is most of the saving. A prompt prefix
         that every row of the batch shares (the system message and turn opening of the chat
-        template: 35 of about 80 tokens per quickstart example) runs once, as a cache the rows
+        template: 23 of about 80 tokens per quickstart example) runs once, as a cache the rows
         attend to; gradients flow through it, so the loss and gradients are those of the full batch."""
         inner = model.get_base_model()
         n = shared_prefix(ids, labels) if share_prefix and inner.config.model_type in SHARED_PREFIX_MODELS else 0
@@ -236,7 +236,7 @@ class TorchBackend:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=inner.config)
-            # transformers 5.2x renamed past_key_values to cache
+            # later transformers 5.x releases renamed past_key_values to cache
             name = "cache" if "cache" in inspect.signature(inner.model.forward).parameters else "past_key_values"
             inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
             cache.batch_repeat_interleave(ids.shape[0])
