@@ -24,12 +24,18 @@ from __future__ import annotations
 # Unsloth patches transformers, PEFT and TRL when it is imported, so it must be imported before
 # them (imported later it only warns, and runs slower / uses more memory). create_backend imports
 # this module only when unsloth is installed, so this import is as lazy as the backend itself.
-import unsloth  # noqa: F401,I001  -- keep first
-from unsloth import FastLanguageModel
+import os  # noqa: I001
 
-import contextlib
-import json
-import os
+from ..models import isara_home  # no transformers import on this path
+
+# Unsloth writes compiled kernels into ./unsloth_compiled_cache of the working directory unless told.
+os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(isara_home() / "unsloth_compiled_cache"))
+
+import unsloth  # noqa: F401,E402  -- before transformers, PEFT and TRL
+from unsloth import FastLanguageModel  # noqa: E402
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import shutil
 import tempfile
 import time
@@ -105,10 +111,15 @@ class UnslothBackend:
             self.model, self.tok = FastLanguageModel.from_pretrained(
                 model_name=source, max_seq_length=self.max_seq_length, dtype=None,
                 load_in_4bit=self.load_in_4bit, trust_remote_code=card.trust_remote_code, random_state=seed)
-        except OSError as e:
-            raise IsaraError(f"model '{card.name}' could not be loaded from {source}: {str(e).splitlines()[0]}") from None
-        if self.tok.pad_token_id is None:
+        except (OSError, RuntimeError, ValueError, NotImplementedError) as e:  # Unsloth raises all four on load
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise IsaraError(f"model '{card.name}' could not be loaded from {source}: {first}") from None
+        if self.tok.pad_token_id is None:  # Unsloth sets its own pad token at load: this rarely runs
             self.tok.pad_token = self.tok.eos_token
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if len(self.tok) > rows:  # a pad token Unsloth added beyond the embeddings would index past them
+            raise IsaraError(f"model '{card.name}': the tokenizer has {len(self.tok)} tokens but the embeddings "
+                             f"{rows} rows after Unsloth's pad-token repair; use --backend torch")
         FastLanguageModel.for_inference(self.model)
         self._lora_key: tuple | None = None  # (r, alpha, target modules) of the LoRA layers, once added
         self._lora_init: dict | None = None  # their initial weights, for training from scratch
@@ -172,23 +183,21 @@ class UnslothBackend:
         get_peft_model with other settings is refused), so later adapters must have the same shape."""
         key = (int(r), float(alpha), tuple(sorted(targets)) if not isinstance(targets, str) else targets)
         if self._lora_key is None:
-            from peft import get_peft_model_state_dict
-
             self.model = FastLanguageModel.get_peft_model(
                 self.model, r=int(r), lora_alpha=alpha, lora_dropout=dropout,
                 target_modules=list(targets) if not isinstance(targets, str) else targets, bias="none",
                 use_gradient_checkpointing="unsloth" if checkpointing else False, random_state=self.seed)
             self._lora_key = key
-            self._lora_init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+            self._lora_init = {k: v.detach().clone() for k, v in _lora_state(self.model).items()}
         elif key != self._lora_key:
             raise IsaraError(f"LoRA r={key[0]}, alpha={key[1]} on {list(key[2])} does not match the LoRA layers this "
                              f"Unsloth model already has (r={self._lora_key[0]}, alpha={self._lora_key[1]} on "
                              f"{list(self._lora_key[2])}); use one LoRA shape per process")
 
     def _set_lora(self, state: dict, where) -> None:
-        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import set_peft_model_state_dict
 
-        expected = set(get_peft_model_state_dict(self.model))
+        expected = set(_lora_state(self.model))
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise IsaraError(f"{where}: adapter does not fit model '{self.card.name}' "
@@ -286,7 +295,8 @@ class UnslothBackend:
                     seed=self.seed, data_seed=self.seed, bf16=bf16, fp16=not bf16,
                     # already tokenized (input_ids + completion_mask): TRL skips its own tokenization,
                     # truncation is ours (prompt cut from the left), loss only where completion_mask is 1
-                    max_length=config.max_length, completion_only_loss=True, packing=False, padding_free=False)
+                    max_length=config.max_length, completion_only_loss=True, packing=False, padding_free=False,
+                    dataset_num_proc=1)  # rows are tokenized already; no worker pool
                 trainer = SFTTrainer(model=self.model, args=args, train_dataset=Dataset.from_dict(rows),
                                      processing_class=self.tok, optimizers=(opt, sched), callbacks=[Steps()])
                 trainer.data_collator = counter.wrap(trainer.data_collator)
@@ -305,12 +315,19 @@ class UnslothBackend:
     def _save(self, directory: Path) -> None:
         """PEFT layout, fp32 tensors (what the torch backend writes; the GGUF converter reads them
         with numpy, which has no bfloat16)."""
-        from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        state = {k: v.detach().float().cpu().contiguous() for k, v in _lora_state(self.model).items()}
         save_file(state, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
         self.model.peft_config["default"].save_pretrained(str(directory))
+
+
+def _lora_state(model) -> dict:
+    """The LoRA tensors only: no embedding rows even where Unsloth resized the vocabulary (PEFT's
+    default "auto" would add them, after a hub lookup, and the torch backend refuses such adapters)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, save_embedding_layers=False)
 
 
 class _TokenCounter:
