@@ -64,3 +64,17 @@ def test_a_damaged_cache_entry_is_probed_again(crashing_build, tmp_path):
     entry.write_text("{not json")
     assert probe.llama_cpp_problem(crashing_build.gguf_path()) is None
     assert json.loads(entry.read_text())["problem"] is None
+
+
+def test_a_native_crash_inside_isara_prints_the_python_stack():
+    """The backstop for crashes the probe does not cover: faulthandler, enabled by the CLI, names
+    the fault and the Python frames instead of a bare exit code."""
+    import subprocess
+    import sys
+
+    child = ("import ctypes, sys\nfrom isara_lite import cli\n"
+             "cli.cli.command('crash')(lambda: ctypes.string_at(0))\n"  # a real SIGSEGV in native code
+             "sys.argv = ['isara', 'crash']\ncli.main()\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert out.returncode < 0
+    assert "Fatal Python error: Segmentation fault" in out.stderr and "<lambda>" in out.stderr
