@@ -29,7 +29,7 @@ MODES = ("hf-fp32", "hf-bf16", "isara-fp32", "isara-bf16")
 
 
 def examples(recipe):
-    """(prompt ids + answer ids + EOS, labels) per seed, exactly as step 4 builds them."""
+    """The model card and the (chat prompt, answer) pairs step 4 trains on: the recipe's seeds."""
     from isara_lite.data import read_samples
     from isara_lite.models import load_card
     from isara_lite.prompts import Renderer, get_format

@@ -136,8 +136,8 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
     backend = create_backend(name, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
     trains = ""
     if backend.name in ("torch", "llamacpp"):  # both train with torch (mlx and unsloth keep their own dtypes)
-        precision, why = resolve_precision(recipe.training.precision, backend.device)
-        trains = f", training in {precision} ({why})"
+        precision, reason = resolve_precision(recipe.training.precision, backend.device)
+        trains = f", training in {precision} ({reason})"
     ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads{trains}")
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]

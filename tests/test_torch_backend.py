@@ -73,7 +73,7 @@ def test_missing_adapter_is_a_clear_error(backend, tmp_path):
 
 def test_bf16_training_reaches_the_fp32_loss(backend, renderer, tmp_path):
     """training.precision bf16 (CPU autocast) against fp32 on the same examples, init and order.
-    Tolerance: 3% of the fp32 loss per step, a few times the bf16 rounding seen here (about 0.5%);
+    Tolerance: 3% of the fp32 loss per step, 3x the largest gap measured here (1.0%, without AMX);
     a wrong mask or a lost update moves the loss by far more. LoRA weights stay fp32 on disk."""
     from safetensors import safe_open
 

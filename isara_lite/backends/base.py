@@ -91,7 +91,8 @@ def cpu_flags() -> set[str]:
 
 
 # Largest GGUF for which auto prefers PyTorch's fp32 copy on AVX-512 CPUs when generating from long
-# prompts (isara align): about 1B parameters at 4 bits. Beyond it decoding reads 8x the bytes of Q4.
+# prompts (isara align): about 1B parameters at 4 bits. Measured only at 135M (98 MB); the bound is
+# a judgement: decoding in fp32 reads about 7x the bytes of Q4, so large models favour llama.cpp.
 TORCH_PREFILL_MAX_GGUF = 600 * 2**20
 
 

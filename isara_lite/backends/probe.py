@@ -42,20 +42,12 @@ def _library_files() -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix in (".so", ".dylib", ".dll") or ".so." in p.name)
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
+def _key(gguf: Path) -> str:
     import platform
 
-    return platform.processor() or platform.machine()
+    from .base import cpu_flags
 
-
-def _key(gguf: Path) -> str:
-    parts = [str(gguf), str(gguf.stat().st_size), _cpu_flags()]
+    parts = [str(gguf), str(gguf.stat().st_size), platform.machine(), " ".join(sorted(cpu_flags()))]
     for f in _library_files():
         st = f.stat()
         parts += [str(f), str(st.st_size), str(st.st_mtime_ns)]

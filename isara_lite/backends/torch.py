@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import random
 import time
@@ -66,7 +67,13 @@ def decode_rows(tok, out, attention_mask, stop_ids, stop_strings) -> list[Genera
 # Model types whose cached forward was checked to give the full batch's loss and gradients
 # (tests/test_torch_backend.py); others take the plain path.
 SHARED_PREFIX_MODELS = {"llama"}
-MIN_SHARED_PREFIX = 8  # below this the second forward costs more than it saves
+MIN_SHARED_PREFIX = 8  # a few tokens are not worth a second forward call (a guess; not measured)
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class) -> str:
+    """Later transformers 5.x releases renamed forward's past_key_values to cache."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def shared_prefix(ids, labels) -> int:
@@ -236,8 +243,7 @@ class TorchBackend:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=inner.config)
-            # later transformers 5.x releases renamed past_key_values to cache
-            name = "cache" if "cache" in inspect.signature(inner.model.forward).parameters else "past_key_values"
+            name = _cache_keyword(type(inner.model))
             inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
             cache.batch_repeat_interleave(ids.shape[0])
             positions = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
