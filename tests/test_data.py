@@ -351,8 +351,9 @@ def test_read_prompts_errors(tmp_path, record):
 def test_read_prompts_bundled_heldout(repo):
     harmful = read_prompts(repo / "recipes" / "heldout" / "safety_harmful.jsonl")
     benign = read_prompts(repo / "recipes" / "heldout" / "safety_benign.jsonl")
-    assert len(harmful) > 0 and len(benign) > 0
+    assert len(harmful) == len(benign) == 150  # issue 13: one standard error under 4 points
     assert all(r["prompt"].strip() for r in harmful + benign)
+    assert len({r["prompt"].strip().lower() for r in harmful + benign}) == 300
 
 
 @pytest.mark.parametrize("name", ["safety.jsonl", "instructions.jsonl", "truthfulness.jsonl"])
