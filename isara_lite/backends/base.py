@@ -73,7 +73,7 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS = ("auto", "llamacpp", "torch", "mlx", "unsloth")
+BACKENDS = ("auto", "llamacpp", "torch", "mlx", "unsloth", "openai")
 
 
 def _installed(module: str) -> bool:
@@ -146,7 +146,8 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str]:
 
 
 # backend -> (module it needs, the extra that installs it)
-REQUIRES = {"llamacpp": ("llama_cpp", "llamacpp"), "mlx": ("mlx_lm", "mlx"), "unsloth": ("unsloth", "cuda")}
+REQUIRES = {"llamacpp": ("llama_cpp", "llamacpp"), "mlx": ("mlx_lm", "mlx"), "unsloth": ("unsloth", "cuda"),
+            "openai": ("openai", "openai")}
 
 
 def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0) -> Backend:
@@ -171,6 +172,10 @@ def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed
         from .unsloth import UnslothBackend
 
         return UnslothBackend(card, threads=threads, device=device, seed=seed)
+    if name == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(card, threads=threads, device=device, seed=seed)
     raise IsaraError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
 
 
