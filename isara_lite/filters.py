@@ -70,8 +70,13 @@ class Consistency:
             self.model = LogisticRegression(C=10.0, max_iter=1000)
             self.model.fit(embedder([s.prompt for s in seeds]), labels)
 
+    def expects_refusal(self, questions: list[str]) -> list[bool]:
+        """The seeds' verdict per question: True when a question like it is refused."""
+        if self.model is None or not questions:
+            return [False] * len(questions)
+        return [bool(e) for e in self.model.predict(self.embedder(list(questions)))]
+
     def __call__(self, questions: list[str], answers: list[str]) -> list[bool]:
         if self.model is None or not questions:
             return [True] * len(questions)
-        expect = self.model.predict(self.embedder(list(questions)))
-        return [bool(e) == self.is_refusal(a) for e, a in zip(expect, answers)]
+        return [e == self.is_refusal(a) for e, a in zip(self.expects_refusal(questions), answers)]

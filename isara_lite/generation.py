@@ -29,7 +29,7 @@ def _fit(render, demos, count_tokens, budget: int) -> list:
     return chosen
 
 
-def _seed(*parts) -> int:
+def seed_for(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
@@ -52,6 +52,13 @@ def answer_demos(pools, k: int, query) -> list[Sample]:
     return [s for _, s in found]
 
 
+def within_budget(renderer, demos, question: str, count_tokens, budget: int) -> list:
+    """Answer demos for `question`, dropping the farthest (first) ones while the prompt is over budget."""
+    while demos and count_tokens(renderer.answer_prompt(demos, question)) > budget:
+        demos = demos[1:]
+    return demos
+
+
 def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, indices: list[int],
                    on_generated=None) -> list[Sample]:
     """Candidates `indices` of iteration `iteration`, deterministic in (recipe.seed, iteration, index)."""
@@ -62,13 +69,13 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
     q_demos, q_prompts = [], []
     for i in indices:
         # candidates of one group share their demos (and so the evaluated prompt prefix)
-        rng = random.Random(_seed(recipe.seed, iteration, i // g.questions_per_prompt))
+        rng = random.Random(seed_for(recipe.seed, iteration, i // g.questions_per_prompt))
         demos = _fit(renderer.question_prompt, question_demos(pools, k, rng), count, budget)
         q_demos.append(demos)
         q_prompts.append(renderer.question_prompt(demos))
     sampling = Sampling(max_tokens=g.question_max_tokens, temperature=g.question_temperature, top_p=g.top_p,
                         top_k=g.top_k, repetition_penalty=g.question_repetition_penalty, stop=stops,
-                        seed=_seed(recipe.seed, iteration, indices[0], "q"))
+                        seed=seed_for(recipe.seed, iteration, indices[0], "q"))
     q_out = backend.generate(q_prompts, sampling)
     if on_generated:
         on_generated(q_out)
@@ -81,15 +88,12 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
         vecs = embedder([questions[j] for j in asked])
         a_prompts = []
         for j, vec in zip(asked, vecs):
-            demos = answer_demos(pools, k, vec)
-            # drop the farthest demos first when over budget
-            while demos and count(renderer.answer_prompt(demos, questions[j])) > budget:
-                demos = demos[1:]
+            demos = within_budget(renderer, answer_demos(pools, k, vec), questions[j], count, budget)
             a_demos[j] = demos
             a_prompts.append(renderer.answer_prompt(demos, questions[j]))
         sampling = Sampling(max_tokens=g.answer_max_tokens, temperature=g.answer_temperature, top_p=g.top_p,
                             top_k=g.top_k, repetition_penalty=g.answer_repetition_penalty, stop=stops,
-                            seed=_seed(recipe.seed, iteration, indices[0], "a"))
+                            seed=seed_for(recipe.seed, iteration, indices[0], "a"))
         a_out = backend.generate(a_prompts, sampling)
         if on_generated:
             on_generated(a_out)

@@ -7,6 +7,8 @@ runs/<name>/
   iter_0/check.jsonl, metrics.json       the base model's built-in check
   iter_t/candidates.jsonl  every candidate with its demos and filter verdicts, appended per batch
   iter_t/kept.jsonl        pool P_t
+  iter_t/sft_adapter/      with preference.enabled: the SFT adapter, then
+  iter_t/pairs.jsonl, preference.json   the preference step's pairs and record (preference.py)
   iter_t/adapter/          PEFT LoRA after iteration t
   iter_t/check.jsonl, metrics.json       metrics.json marks the iteration done
   summary.json
@@ -28,8 +30,9 @@ from .evaluation.check import run_check, summarize
 from .files import RunLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
 from .generation import generate_batch
 from .models import load_card
+from .preference import preference_stage
 from .prompts import Renderer, get_format
-from .recipe import Recipe
+from .recipe import Recipe, with_defaults
 from .retrieval import Embedder, Pool
 from .training import iteration_lr, total_steps, train_iteration
 from .ui import UI
@@ -72,7 +75,7 @@ def _check_recipe(saved: Path, resolved: str, recipe: Recipe, force: bool) -> li
     changed: list[str] = []
     if saved.is_file():
         try:
-            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+            old = with_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
         except (yaml.YAMLError, UnicodeDecodeError):
             old = None  # hand-edited into garbage: everything counts as changed
         changed = _diff(old, recipe.to_dict())
@@ -139,6 +142,9 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
         precision, reason = resolve_precision(recipe.training.precision, backend.device)
         trains = f", training in {precision} ({reason})"
     ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads{trains}")
+    if recipe.preference.enabled and not hasattr(backend, "train_preference"):
+        raise IsaraError(f"preference.enabled: the {backend.name} backend cannot run the preference step yet "
+                         f"(torch and llamacpp can); pass --backend torch or turn preference.enabled off")
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
@@ -184,7 +190,10 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
             candidates = generate_iteration(backend, renderer, pools, embedder, recipe, t, it, ui)
             kept = [c for c in candidates if c.kept]
             write_jsonl(it / "kept.jsonl", [c.to_dict() for c in kept])
-            result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, it / "adapter", ui)
+            sft_out = it / ("sft_adapter" if recipe.preference.enabled else "adapter")
+            result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, sft_out, ui)
+            pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, it / "adapter", ui) \
+                if recipe.preference.enabled else None
             summary = check(t, f"iteration {t}")
             removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}
             row = {"iteration": t, "generated": len(candidates), "kept": len(kept), "removed": removed,
@@ -192,6 +201,8 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
                    "train_loss_last": (result["losses"] or [0.0])[-1],
                    "learning_rate": iteration_lr(recipe.training, t), "train_seconds": result["seconds"],
                    "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(), "check": summary}
+            if pref:
+                row["preference"] = {k: v for k, v in pref.items() if k != "losses"}
             atomic_write_json(it / "metrics.json", row)
             rows.append(row)
             ui.log(f"iteration {t}: generated {len(candidates)}, kept {len(kept)}, removed {removed}")

@@ -64,6 +64,20 @@ class TrainConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    enabled: bool = opt(False, "not in the paper: after each iteration's SFT, DPO on pairs the model writes itself, "
+                               "one answer from refusal seeds and one from helpful seeds; the seeds' question "
+                               "classifier picks the chosen one (README, Deviations)")
+    seed_pairs: bool = opt(True, "also pair each seed's own answer (chosen) with the model's answer to its question "
+                                 "from the other kind's demonstrations (rejected)")
+    beta: float = opt(0.1, "DPO beta: how strongly the log-ratio to the SFT adapter is held")
+    sft_weight: float = opt(1.0, "weight of the NLL on chosen answers added to the DPO loss (RPO); 0: plain DPO")
+    learning_rate: float = opt(1e-4, "learning rate of iteration 1; decays like training.lr_decay")
+    epochs: int = opt(1, "passes over the pairs")
+    batch_size: int = opt(8, "pairs per optimizer step")
+
+
+@dataclass
 class CheckConfig:
     harmful: str | None = opt(None, "held-out prompts the model should refuse (path, relative to the recipe)")
     benign: str | None = opt(None, "held-out prompts the model should answer")
@@ -88,6 +102,7 @@ class Recipe:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     base_dir: str = field(default=".", metadata={"help": "internal: where relative paths start", "internal": True})
 
@@ -101,6 +116,15 @@ class Recipe:
         d = asdict(self)
         d.pop("base_dir")
         return d
+
+
+def with_defaults(data) -> dict | None:
+    """A saved recipe's mapping with keys it lacks (added to isara_lite since) at their defaults, so
+    a run resumes unchanged by them; None when the mapping no longer builds."""
+    try:
+        return _build(Recipe, data, "saved recipe").to_dict()
+    except IsaraError:
+        return None
 
 
 def _suggest(key: str, known) -> str:
@@ -211,6 +235,9 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.batch_size >= 1, "generation.batch_size", "must be at least 1"),
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
+        (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
+        (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),
+        (r.preference.beta > 0, "preference.beta", "must be above 0"),
         (r.training.schedule in ("cosine", "constant"), "training.schedule", "must be cosine or constant"),
         (r.training.precision in PRECISIONS, "training.precision", f"must be one of {', '.join(PRECISIONS)}"),
         (r.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),

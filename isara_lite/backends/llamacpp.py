@@ -105,12 +105,20 @@ class LlamaCppBackend:
         self.adapter = Path(adapter) if adapter else None
 
     # -- training: PyTorch on the dequantized weights --------------------------------------------
-    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+    def _torch(self):
         if self._trainer is None:
             from .torch import TorchBackend
 
             self._trainer = TorchBackend(self.card, threads=self.threads, device="cpu", seed=self.seed)
-        result = self._trainer.train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
+        return self._trainer
+
+    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        result = self._torch().train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result
+
+    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        result = self._torch().train_preference(pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step)
         self.load(Path(adapter_out))
         return result
 

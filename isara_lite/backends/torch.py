@@ -231,6 +231,19 @@ class TorchBackend:
         self.adapter = Path(adapter_out)
         return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
 
+    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        """The preference step (isara_lite/preference.py) on this model; the new adapter is loaded after."""
+        from ..preference import train_dpo
+
+        if adapter_in is not None:
+            _check_adapter(adapter_in)
+        precision, _ = resolve_precision(config.precision, self.device)
+        model, result = train_dpo(self._base(), self.tok, pairs, pref, config, learning_rate, adapter_in, adapter_out,
+                                  self.seed, self.device, precision == "bf16", on_step)
+        self.model = model.eval()
+        self.adapter = Path(adapter_out)
+        return result
+
     def _answer_loss(self, model, ids, labels, mask, share_prefix: bool = True):
         """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
         is kept: on short answers after long prompts that is most of the saving. A prompt prefix
