@@ -6,6 +6,8 @@ greedy decoding draws the line? For the base model and each iteration's adapter 
               harmful prompt outranks a benign one (0.5: no better than chance)
   best        harmful refused by the best threshold on that score that still answers 80% of benign
 
+Rates carry their 95% Wilson interval (the *_ci keys; in brackets in the table).
+
 Scoring uses llama.cpp with the run's GGUF adapters, so the figures are those of the model the
 check ran. Prints a JSON object and a table.
 
@@ -30,6 +32,7 @@ from isara_lite.evaluation.check import refusal_scores, separation, summarize
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.recipe import load_recipe
+from isara_lite.stats import show, wilson
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,25 +73,28 @@ def main():
         sep = separation(scores[: len(harmful)], scores[len(harmful):])
         row = {"model": "base" if not t else f"iteration {t}", "seconds": round(time.perf_counter() - t0, 1),
                "auroc": round(sep["auroc"], 3), "best_harmful_refused": round(sep["best_harmful_refused"], 3),
+               "best_harmful_refused_ci": wilson(round(sep["best_harmful_refused"] * len(harmful)), len(harmful)),
                "at_benign_answered": round(sep["benign_answered"], 3)}
         path = it / "check.jsonl"  # written whole (atomically) by the run
         if path.is_file():
             check = summarize([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line],
                               row["model"])
-            row["greedy_harmful_refused"] = round(check["harmful_refused"], 3)
-            row["greedy_benign_answered"] = round(check["benign_answered"], 3)
+            for key in ("harmful_refused", "benign_answered"):
+                row[f"greedy_{key}"] = round(check[key], 3)
+                row[f"greedy_{key}_ci"] = check[f"{key}_ci"]
         rows.append(row)
 
     print(json.dumps({"run": str(args.run), "model": card.name, "threads": backend.threads,
                       "n_harmful": len(harmful), "n_benign": len(benign), "rows": rows}, indent=2))
-    table = Table(title=f"refusal margin: {args.run} ({backend.threads} threads)")
-    pct = lambda x: "-" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    table = Table(title=f"refusal margin: {args.run} ({backend.threads} threads)",
+                  caption="in brackets: the 95% Wilson interval")
+    pct = lambda r, key: show(r.get(key), "pct0", r.get(f"{key}_ci"))  # noqa: E731
     for col in ("model", "greedy harmful refused", "greedy benign answered", "AUROC",
-                f"best harmful refused @ {pct(rows[0]['at_benign_answered'])} benign answered", "s"):
+                f"best harmful refused @ {pct(rows[0], 'at_benign_answered')} benign answered", "s"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
-        table.add_row(r["model"], pct(r.get("greedy_harmful_refused")), pct(r.get("greedy_benign_answered")),
-                      f"{r['auroc']:.3f}", pct(r["best_harmful_refused"]), f"{r['seconds']:.0f}")
+        table.add_row(r["model"], pct(r, "greedy_harmful_refused"), pct(r, "greedy_benign_answered"),
+                      f"{r['auroc']:.3f}", pct(r, "best_harmful_refused"), f"{r['seconds']:.0f}")
     Console().print(table)
 
 

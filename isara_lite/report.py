@@ -1,8 +1,8 @@
 """`isara report RUN`: report.md and PNG plots of one run.
 
 metrics.png  each compare.json metric per ISARA iteration (0 = pretrained) against the baselines,
-             when RUN/compare/compare.json (or --compare) exists
-check.png    the built-in check per iteration (iter_t/metrics.json)
+             when RUN/compare/compare.json (or --compare) exists; bars and bands: 95% intervals
+check.png    the built-in check per iteration (iter_t/metrics.json), with 95% Wilson intervals
 samples.png  candidates generated, kept, and how many failed each filter, per iteration
 loss.png     training loss per step, one line per iteration (iter_t/train.json)
 """
@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.table import Table
-
-from .compare import COLUMNS, fmt
+from .compare import BY_NAME, annotate, cell_rows, legend, markdown, table
 from .errors import IsaraError
+from .evaluation.check import describe
 from .files import atomic_write_text
 from .filters import FILTERS
+from .stats import stored_ci
 from .ui import UI
 
 BASELINE_STYLE = {"sft-seeds": ("tab:orange", "--"), "icl-knn": ("tab:green", "-."),
@@ -58,26 +58,39 @@ def plot_metrics(compare: dict, path: Path) -> None:
     plt = _plt()
     rows = {r["row"]: r for r in compare["rows"]}
     isara = sorted((int(k.split("-")[1]), r) for k, r in rows.items() if k.startswith("isara-"))
-    kinds = {c[0]: c[3] for c in COLUMNS}
     cols = compare["columns"]
     ncol = min(2, len(cols))
     nrow = (len(cols) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(6 * ncol, 3.6 * nrow), squeeze=False)
     last = max([t for t, _ in isara] or [1])
     for ax, col in zip(axes.flat, cols):
-        scale = 100 if kinds[col] == "pct" else 1
+        scale = 100 if BY_NAME[col].kind == "pct" else 1
 
         def val(r):
             v = r["values"].get(col)
             return None if v is None else v * scale
 
+        def ci(r):  # the 95% interval, scaled; None where there is none
+            c = r.get("intervals", {}).get(col)
+            return None if c is None or val(r) is None else (c[0] * scale, c[1] * scale)
+
+        line = ([rows["pretrained"]] if "pretrained" in rows else []) + [r for _, r in isara]
         xs = ([0] if "pretrained" in rows else []) + [t for t, _ in isara]
-        ys = ([val(rows["pretrained"])] if "pretrained" in rows else []) + [val(r) for _, r in isara]
         if xs:
-            ax.plot(xs, ys, "o-", color="tab:blue", linewidth=2, label="ISARA (0 = pretrained)")
+            ys, below, above = [], [], []
+            for r in line:
+                y, c = val(r), ci(r)
+                ys.append(float("nan") if y is None else y)
+                # never negative: a percentile interval can miss its own mean by a rounding error
+                below.append(max(0.0, y - c[0]) if c else 0.0)
+                above.append(max(0.0, c[1] - y) if c else 0.0)
+            ax.errorbar(xs, ys, yerr=[below, above], fmt="o-", color="tab:blue", linewidth=2, capsize=3,
+                        label="ISARA (0 = pretrained)")
         for name, (color, style) in BASELINE_STYLE.items():
             if name in rows and val(rows[name]) is not None:
                 ax.axhline(val(rows[name]), color=color, linestyle=style, linewidth=1.5, label=rows[name]["label"])
+                if ci(rows[name]):
+                    ax.axhspan(*ci(rows[name]), color=color, alpha=0.08, linewidth=0)
         ax.set_title(col, fontsize=11)
         ax.set_xlabel("ISARA iteration")
         ax.set_ylabel("%" if scale == 100 else "score")
@@ -100,8 +113,14 @@ def plot_check(rows: list[dict], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.8))
     xs = [t for t, _ in pts]
-    ax.plot(xs, [100 * c["harmful_refused"] for _, c in pts], "o-", label="held-out harmful: refused (higher is better)")
-    ax.plot(xs, [100 * c["benign_answered"] for _, c in pts], "s--", label="held-out benign: answered (higher is better)")
+    for key, n, style, label in (
+            ("harmful_refused", "n_harmful", "o-", "held-out harmful: refused (higher is better)"),
+            ("benign_answered", "n_benign", "s--", "held-out benign: answered (higher is better)")):
+        ys = [100 * c[key] for _, c in pts]
+        cis = [stored_ci(c, key, c[n]) or [c[key], c[key]] for _, c in pts]  # the 95% Wilson interval
+        ax.errorbar(xs, ys, yerr=[[max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, cis)],
+                                  [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, cis)]],
+                    fmt=style, capsize=3, label=label)
     ax.set_xticks(xs)
     ax.set_ylim(-5, 105)
     ax.set_xlabel("ISARA iteration (0 = base model)")
@@ -192,27 +211,20 @@ def report(run: Path, compare_dir: Path | None = None, out: Path | None = None, 
         ui.check_table(checks)
         md += ["## Built-in check (held-out prompts, greedy)", ""]
         md += _md_table(["model", "harmful refused", "benign answered"],
-                        [[c["model"], f"{c['harmful_refused']:.0%} of {c['n_harmful']}",
-                          f"{c['benign_answered']:.0%} of {c['n_benign']}"] for c in checks])
+                        [[c["model"], describe(c, "harmful_refused"), describe(c, "benign_answered")] for c in checks])
         plot_check(rows, out / "check.png")
-        md += ["", "![check](check.png)", ""]
+        md += ["", "In brackets: the 95% Wilson interval.", "", "![check](check.png)", ""]
     if compare:
-        kinds = {c[0]: c[3] for c in COLUMNS}
-        t = Table(title=f"compare ({cpath})")
-        t.add_column("row")
-        for c in compare["columns"]:
-            t.add_column(c, justify="right")
-        for r in compare["rows"]:
-            t.add_row(r["label"], *[fmt(r["values"].get(c), kinds[c]) for c in compare["columns"]])
-        ui.console.print(t)
+        if any("intervals" not in r for r in compare["rows"]):  # compare.json from before the intervals
+            annotate(compare, cell_rows(cpath.parent))
+        ui.console.print(table(compare, f"compare ({cpath})"))
+        for line in legend(compare):
+            ui.log(line)
         sizes = "; ".join(f"{s}: {v}" for s, v in compare["n"].items())
-        md += ["## Evaluation against the baselines", ""]
-        md += _md_table(["row", *compare["columns"]],
-                        [[r["label"], *[fmt(r["values"].get(c), kinds[c]) for c in compare["columns"]]]
-                         for r in compare["rows"]])
+        md += ["## Evaluation against the baselines", "", *markdown(compare)]
         plot_metrics(compare, out / "metrics.png")
-        md += ["", f"From {cpath}. Items per set: {sizes}; greedy, {compare['max_tokens']} tokens. "
-                   "Small item counts are not statistically meaningful.", "", "![metrics](metrics.png)", ""]
+        md += ["", f"From {cpath}. Items per set: {sizes}; greedy, {compare['max_tokens']} tokens.",
+               "", "![metrics](metrics.png)", ""]
     else:
         md += ["No compare.json: run `isara compare` for the evaluation suites against the baselines; "
                "the built-in check above is the per-iteration metric.", ""]

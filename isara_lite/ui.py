@@ -11,14 +11,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .backends.base import peak_memory_mb
+from .evaluation.check import describe
 from .filters import FILTERS
 
 
 class UI:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        if not self.console.is_terminal:  # logs and CI: wide enough for the tables
-            self.console.width = 120
+        if not self.console.is_terminal:  # logs and CI: wide enough for the tables (compare's, with
+            self.console.width = 140      # its intervals, needs about 130)
         self.log_path: Path | None = None
 
     def log(self, msg: str, style: str = "") -> None:
@@ -56,10 +57,9 @@ class UI:
         self.console.print(t)
 
     def check_table(self, rows: list[dict]) -> None:
-        t = Table(title="Built-in check (held-out prompts, greedy)")
+        t = Table(title="Built-in check (held-out prompts, greedy)", caption="in brackets: the 95% Wilson interval")
         for col in ["model", "harmful refused", "benign answered"]:
             t.add_column(col, justify="right")
         for r in rows:
-            t.add_row(r["model"], f"{r['harmful_refused']:.0%} of {r['n_harmful']}",
-                      f"{r['benign_answered']:.0%} of {r['n_benign']}")
+            t.add_row(r["model"], describe(r, "harmful_refused"), describe(r, "benign_answered"))
         self.console.print(t)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from isara_lite.evaluation.check import is_refusal, separation, summarize
+from rich.console import Console
+
+from isara_lite.evaluation.check import describe, is_refusal, separation, summarize
+from isara_lite.stats import wilson
+from isara_lite.ui import UI
 
 
 @pytest.mark.parametrize("text", [
@@ -66,14 +71,39 @@ def test_summarize():
         {"set": "benign", "refused": True},
     ]
     assert summarize(rows, "iter_1") == {"model": "iter_1", "harmful_refused": 0.75, "benign_answered": 0.5,
-                                         "n_harmful": 4, "n_benign": 2}
+                                         "n_harmful": 4, "n_benign": 2,
+                                         "harmful_refused_ci": wilson(3, 4), "benign_answered_ci": wilson(1, 2)}
+    assert wilson(3, 4) == pytest.approx([0.3006, 0.9544], abs=1e-4)
 
 
 def test_summarize_one_set_or_none():
     assert summarize([{"set": "benign", "refused": False}], "m") == {
-        "model": "m", "harmful_refused": 0.0, "benign_answered": 1.0, "n_harmful": 0, "n_benign": 1}
+        "model": "m", "harmful_refused": 0.0, "benign_answered": 1.0, "n_harmful": 0, "n_benign": 1,
+        "harmful_refused_ci": None, "benign_answered_ci": wilson(1, 1)}
     assert summarize([], "m") == {"model": "m", "harmful_refused": 0.0, "benign_answered": 0.0,
-                                  "n_harmful": 0, "n_benign": 0}
+                                  "n_harmful": 0, "n_benign": 0, "harmful_refused_ci": None,
+                                  "benign_answered_ci": None}
+
+
+def test_describe_new_and_old_summaries():
+    rows = [{"set": "harmful", "refused": i < 22} for i in range(48)] + [{"set": "benign", "refused": False}] * 2
+    new = summarize(rows, "base")
+    assert describe(new, "harmful_refused") == "46% [33-60] of 48"
+    old = {k: v for k, v in new.items() if not k.endswith("_ci")}  # a metrics.json from before the intervals
+    assert describe(old, "harmful_refused") == "46% [33-60] of 48"
+    assert describe(old, "benign_answered") == "100% [34-100] of 2"
+    assert describe(summarize([], "m"), "harmful_refused") == "0% of 0"
+
+
+def test_check_table_prints_the_intervals():
+    ui = UI(Console(record=True, width=120))
+    rows = [{"set": "harmful", "refused": i < 22} for i in range(48)] + \
+           [{"set": "benign", "refused": i < 5} for i in range(50)]
+    old = {"model": "iteration 1", "harmful_refused": 0.75, "benign_answered": 0.5, "n_harmful": 4, "n_benign": 2}
+    ui.check_table([summarize(rows, "base"), old])
+    text = ui.console.export_text()
+    assert "46% [33-60] of 48" in text and "90% [79-96] of 50" in text
+    assert "75% [30-95] of 4" in text and "50% [9-91] of 2" in text
 
 
 def test_separation_perfect_reversed_and_tied():
@@ -90,9 +120,17 @@ def test_separation_best_threshold_answers_the_benign_share():
     assert sep["best_harmful_refused"] == 0.5
     assert sep["benign_answered"] == 0.8
     # pairs harmful > benign: 2.5 beats 3, 3.0 beats 3 and ties 1, 3.5 beats 4, 5.0 beats 5
-    assert sep["auroc"] == (3 + 3.5 + 4 + 5) / 20
+    assert sep["auroc"] == pytest.approx((3 + 3.5 + 4 + 5) / 20, abs=1e-12)
 
 
 def test_separation_needs_both_sets():
     with pytest.raises(ValueError):
         separation([], [1.0])
+
+
+def test_separation_auroc_counts_ties_half_like_all_pairs():
+    rng = np.random.default_rng(0)
+    harmful, benign = list(rng.integers(0, 6, 40) + 1.0), list(rng.integers(0, 6, 30) + 0.0)  # many ties
+    pairs = sum((h > b) + 0.5 * (h == b) for h in harmful for b in benign) / (len(harmful) * len(benign))
+    assert 0.5 < pairs < 1.0
+    assert separation(harmful, benign)["auroc"] == pytest.approx(pairs, abs=1e-12)

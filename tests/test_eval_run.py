@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -11,9 +12,13 @@ from pathlib import Path
 import pytest
 
 from isara_lite.backends.base import create_backend
-from isara_lite.evaluation.run import Evaluator, mc_metrics, similarity, subset
+from rich.console import Console
+
+from isara_lite.evaluation.run import Evaluator, mc_metrics, results_table, similarity, subset
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
+from isara_lite.stats import bootstrap_mean, wilson
+from isara_lite.ui import UI
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,6 +67,48 @@ def test_similarity_scores_the_papers_way():
     assert bad["rougeL_diff"] < 0 and bad["rougeL_acc"] == 0.0
 
 
+def _results(with_intervals: bool) -> dict:
+    """results.json as evaluate() writes it; without intervals, as it did before them."""
+    safety = {"judge": "refusal",
+              "harmful_rate": {"advbench": {"rate": 0.89, "n": 100, "rate_ci": wilson(89, 100)},
+                               "hh_harmless": {"rate": 0.72, "n": 50, "rate_ci": wilson(36, 50)}},
+              "xstest_safe_refusal_rate": {"rate": 0.02, "n": 100, "rate_ci": wilson(2, 100)},
+              "xstest_unsafe_refusal_rate": {"rate": 0.14, "n": 50, "rate_ci": wilson(7, 50)}}
+    truth = {"mc1": 0.25, "mc2": 0.458, "n_mc": 200, "mc1_ci": wilson(50, 200), "mc2_ci": [0.43, 0.49],
+             "generation": {"rougeL_max": 30.0, "rougeL_diff": -1.91, "rougeL_acc": 0.4, "bleu_max": 5.0,
+                            "bleu_diff": 0.5, "bleu_acc": 0.46, "rougeL_diff_ci": [-3.8, 0.02],
+                            "rougeL_acc_ci": wilson(20, 50), "bleu_diff_ci": [-0.1, 1.1],
+                            "bleu_acc_ci": wilson(23, 50)},
+             "n_generation": 50}
+    instr = {"judge": "reference", "win_rate_vs_pretrained": 0.25, "wins": 10, "ties": 5, "losses": 35, "n": 50,
+             "win_rate_vs_pretrained_ci": bootstrap_mean([1.0] * 10 + [0.5] * 5 + [0.0] * 35)}
+    res = {"label": "m", "backend": "torch", "max_tokens": 200,
+           "suites": {"safety": safety, "truthfulness": truth, "instructions": instr}}
+    if not with_intervals:
+        res = json.loads(json.dumps(res, default=str), object_hook=lambda d: {k: v for k, v in d.items()
+                                                                              if not k.endswith("_ci")})
+    return res
+
+
+def test_results_table_prints_every_interval():
+    ui = UI(Console(record=True, width=200))
+    results_table(_results(True), ui)
+    text = ui.console.export_text()
+    lo, hi = _results(True)["suites"]["instructions"]["win_rate_vs_pretrained_ci"]
+    for expected in ("89.0% [81.4-93.7]", "72.0% [58.3-82.5]", "2.0% [0.6-7.0]", "14.0% [7.0-26.2]",
+                     "0.250 [0.195-0.314]", "0.458 [0.430-0.490]", "-1.91 [-3.80, 0.02] / 0.400 [0.276-0.538]",
+                     "0.50 [-0.10, 1.10] / 0.460", f"25.0% [{100 * lo:.1f}-{100 * hi:.1f}]"):
+        assert expected in text, expected
+
+
+def test_results_table_reads_results_from_before_the_intervals():
+    ui = UI(Console(record=True, width=200))
+    results_table(_results(False), ui)
+    text = ui.console.export_text()
+    assert "89.0% [81.4-93.7]" in text and "0.250 [0.195-0.314]" in text  # rates: Wilson from rate and n
+    assert re.search(r"MC2\s*│\s*0\.458 │", text)  # MC2: nothing to recompute it from
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
 def test_eval_cli_end_to_end(tmp_path):
     out = tmp_path / "eval"
@@ -76,8 +123,16 @@ def test_eval_cli_end_to_end(tmp_path):
     assert set(s["harmful_rate"]) == {"advbench", "hh_harmless"} and s["xstest_safe_refusal_rate"]["n"] == 2
     t = res["suites"]["truthfulness"]
     assert t["n_mc"] == 2 and 0 <= t["mc1"] <= 1 and 0 < t["mc2"] < 1 and "rougeL_diff" in t["generation"]
+    rows = [json.loads(x) for x in (out / "truthfulness.jsonl").read_text().splitlines()]
+    assert t["mc1_ci"] == wilson(sum(r["mc1"] for r in rows if r["set"] == "mc"), 2)
+    assert t["mc2_ci"] == bootstrap_mean([r["mc2"] for r in rows if r["set"] == "mc"])
+    gen = [r["rougeL_diff"] for r in rows if r["set"] == "generation"]
+    assert t["generation"]["rougeL_diff_ci"] == bootstrap_mean(gen)
+    assert s["harmful_rate"]["advbench"]["rate_ci"] == wilson(round(2 * s["harmful_rate"]["advbench"]["rate"]), 2)
     i = res["suites"]["instructions"]
     assert i["n"] == 2 and i["win_rate_vs_pretrained"] == 0.5 and i["ties"] == 2  # no adapter: itself
+    assert i["win_rate_vs_pretrained_ci"] == [0.5, 0.5]
+    assert "50.0% [50.0-50.0]" in r.stderr  # the table, with its interval
     outputs = json.loads((out / "model_outputs.json").read_text())
     assert len(outputs) == 2 and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
     rows = [json.loads(x) for x in (out / "safety.jsonl").read_text().splitlines()]

@@ -37,6 +37,7 @@ from ..errors import IsaraError
 from ..files import atomic_write_json, write_jsonl
 from ..models import load_card
 from ..prompts import Renderer, cut, get_format
+from ..stats import bootstrap_mean, show, stored_ci, wilson
 from ..ui import UI
 from . import datasets as ds
 from .judges import PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
@@ -143,7 +144,8 @@ class Evaluator:
             by = defaultdict(list)
             for r in rs:
                 by[r["category"]].append(r["refused"] == refused)
-            return {"rate": sum(r["refused"] == refused for r in rs) / max(1, len(rs)), "n": len(rs),
+            k = sum(r["refused"] == refused for r in rs)
+            return {"rate": k / max(1, len(rs)), "n": len(rs), "rate_ci": wilson(k, len(rs)),
                     "per_category": {c: sum(v) / len(v) for c, v in sorted(by.items())} if len(by) > 1 else {}}
 
         return {"judge": judge.name,
@@ -165,13 +167,19 @@ class Evaluator:
                      **similarity(a, r["correct"], r["incorrect"]), **self._demo_ids(r["question"])}
                     for r, a in zip(chosen, answers)]
         n = max(1, len(gen_rows))
+        generation = {key: sum(r[key] for r in gen_rows) / n for key in
+                      ("rougeL_max", "rougeL_diff", "rougeL_acc", "bleu_max", "bleu_diff", "bleu_acc")}
+        for m in ("rougeL", "bleu"):  # 95% intervals: acc is a rate, diff a mean of per-item values
+            generation[f"{m}_diff_ci"] = bootstrap_mean([r[f"{m}_diff"] for r in gen_rows])
+            generation[f"{m}_acc_ci"] = wilson(sum(r[f"{m}_acc"] for r in gen_rows), len(gen_rows))
         summary = {
             "mc1": sum(r["mc1"] for r in mc_rows) / max(1, len(mc_rows)),
             "mc2": sum(r["mc2"] for r in mc_rows) / max(1, len(mc_rows)),
             "n_mc": len(mc_rows),
+            "mc1_ci": wilson(sum(r["mc1"] for r in mc_rows), len(mc_rows)),
+            "mc2_ci": bootstrap_mean([r["mc2"] for r in mc_rows]),
             "mc_format": "raw text: lm-eval's 6-shot QA primer, then 'Q: <question>\\nA:', answers after a space",
-            "generation": {key: sum(r[key] for r in gen_rows) / n for key in
-                           ("rougeL_max", "rougeL_diff", "rougeL_acc", "bleu_max", "bleu_diff", "bleu_acc")},
+            "generation": generation,
             "n_generation": len(gen_rows),
         }
         return summary, [{"set": "mc", **r} for r in mc_rows] + gen_rows
@@ -228,6 +236,7 @@ class Evaluator:
                  "preference": p, **self._demo_ids(i)} for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
         n = max(1, len(rows))
         summary = {"judge": judge.name, "win_rate_vs_pretrained": sum(prefs) / n,
+                   "win_rate_vs_pretrained_ci": bootstrap_mean(prefs),  # ties count 0.5: a bootstrap, not Wilson
                    "wins": sum(p == 1.0 for p in prefs), "ties": sum(p == 0.5 for p in prefs),
                    "losses": sum(p == 0.0 for p in prefs), "n": len(rows)}
         fmt = [{"instruction": i, "output": o, "generator": self.label, "dataset": r["dataset"]}
@@ -368,29 +377,35 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
 
 
 def results_table(results: dict, ui: UI) -> None:
-    t = Table(title=f"isara eval: {results['label']} ({results['backend']}, greedy, {results['max_tokens']} tokens)")
+    """Every value with its 95% interval (stored beside it as KEY_ci; for a summary without one,
+    stats.stored_ci recomputes a rate's and leaves a mean without)."""
+    t = Table(title=f"isara eval: {results['label']} ({results['backend']}, greedy, {results['max_tokens']} tokens)",
+              caption="in brackets: the 95% interval (Wilson for rates; a bootstrap over items for MC2, "
+                      "the diffs and the win rate)")
     for col in ("suite", "metric", "value", "n"):
         t.add_column(col, justify="right" if col in ("value", "n") else "left")
+
+    def value(x: dict, key: str, kind: str, n: int | None = None) -> str:  # n: KEY is a rate
+        return show(x[key], kind, stored_ci(x, key, n))
+
     s = results["suites"]
     if "safety" in s:
         x = s["safety"]
-        for k, v in x["harmful_rate"].items():
-            t.add_row("safety", f"harmful rate, {k} (lower is better)", f"{v['rate']:.1%}", str(v["n"]))
-        t.add_row("safety", "XSTest safe: refused (over-refusal)", f"{x['xstest_safe_refusal_rate']['rate']:.1%}",
-                  str(x["xstest_safe_refusal_rate"]["n"]))
-        t.add_row("safety", "XSTest unsafe: refused", f"{x['xstest_unsafe_refusal_rate']['rate']:.1%}",
-                  str(x["xstest_unsafe_refusal_rate"]["n"]))
+        sets = [(f"harmful rate, {k} (lower is better)", v) for k, v in x["harmful_rate"].items()] + \
+               [("XSTest safe: refused (over-refusal)", x["xstest_safe_refusal_rate"]),
+                ("XSTest unsafe: refused", x["xstest_unsafe_refusal_rate"])]
+        for name, v in sets:
+            t.add_row("safety", name, value(v, "rate", "pct", v["n"]), str(v["n"]))
     if "truthfulness" in s:
         x = s["truthfulness"]
-        t.add_row("truthfulness", "TruthfulQA MC1", f"{x['mc1']:.3f}", str(x["n_mc"]))
-        t.add_row("truthfulness", "TruthfulQA MC2", f"{x['mc2']:.3f}", str(x["n_mc"]))
-        g = x["generation"]
-        t.add_row("truthfulness", "ROUGE-L diff (x100) / acc", f"{g['rougeL_diff']:.2f} / {g['rougeL_acc']:.2f}",
-                  str(x["n_generation"]))
-        t.add_row("truthfulness", "BLEU diff (x100) / acc", f"{g['bleu_diff']:.2f} / {g['bleu_acc']:.2f}",
-                  str(x["n_generation"]))
+        t.add_row("truthfulness", "TruthfulQA MC1", value(x, "mc1", "3f", x["n_mc"]), str(x["n_mc"]))
+        t.add_row("truthfulness", "TruthfulQA MC2", value(x, "mc2", "3f"), str(x["n_mc"]))
+        g, n = x["generation"], x["n_generation"]
+        for m, name in (("rougeL", "ROUGE-L"), ("bleu", "BLEU")):
+            t.add_row("truthfulness", f"{name} diff (x100) / acc",
+                      f"{value(g, f'{m}_diff', '2f')} / {value(g, f'{m}_acc', '3f', n)}", str(n))
     if "instructions" in s:
         x = s["instructions"]
-        t.add_row("instructions", f"win rate vs pretrained ({x['judge']})", f"{x['win_rate_vs_pretrained']:.1%}",
-                  str(x["n"]))
+        t.add_row("instructions", f"win rate vs pretrained ({x['judge']})",
+                  value(x, "win_rate_vs_pretrained", "pct"), str(x["n"]))
     ui.console.print(t)
