@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +14,8 @@ from .prompts import Renderer, cut, get_format
 
 
 def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
-    """(model, adapter dir) of a run's last finished iteration, or of the one asked for."""
+    """(model, adapter dir) of the iteration asked for, else the one best.json marks (selection.py),
+    else the run's last finished iteration."""
     import yaml
 
     recipe = run / "recipe.yaml"
@@ -23,7 +25,11 @@ def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
     done = sorted(int(p.name.split("_")[1]) for p in run.glob("iter_*") if (p / "adapter").is_dir())
     if not done:
         raise IsaraError(f"{run}: no finished iteration with an adapter yet")
-    t = done[-1] if iteration is None else iteration
+    t = iteration
+    if t is None and (run / "best.json").is_file():
+        t = json.loads((run / "best.json").read_text()).get("iteration")
+        t = t if t in done else None
+    t = done[-1] if t is None else t
     if t not in done:
         raise IsaraError(f"{run}: iteration {t} has no adapter (finished: {done})")
     return model, run / f"iter_{t}" / "adapter"

@@ -64,7 +64,7 @@ def models():
 @cli.command()
 @click.option("--model", help="model card name, .gguf, local dir or hub id")
 @click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path), help="a run directory: use its adapter")
-@click.option("--iteration", type=int, help="which iteration's adapter (default: the last)")
+@click.option("--iteration", type=int, help="which iteration's adapter (default: the one best.json marks, else the last)")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="answer these and exit instead of chatting")
 @click.option("--max-tokens", default=200, show_default=True)
@@ -82,7 +82,7 @@ def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threa
 @click.option("--format", "fmt", type=click.Choice(["peft", "gguf-adapter", "merged-gguf", "mlx"]),
               default="gguf-adapter",
               show_default=True)
-@click.option("--iteration", type=int, help="which iteration's adapter (default: the last)")
+@click.option("--iteration", type=int, help="which iteration's adapter (default: the one best.json marks, else the last)")
 @click.option("--out", type=click.Path(path_type=Path), help="output path (default: RUN/export/...)")
 def export(run, fmt, iteration, out):
     """Export a run's adapter: PEFT, GGUF LoRA, or merged into a standalone GGUF."""

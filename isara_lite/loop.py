@@ -2,7 +2,8 @@
 
 runs/<name>/
   recipe.yaml              the resolved recipe (what --resume compares against)
-  seeds.jsonl              the seed pool P0 as read
+  seeds.jsonl              the seed pool P0 as read (less the held-out seeds)
+  holdout.jsonl, best.json with selection.holdout: the held-out seeds, the best iteration (selection.py)
   log.txt
   iter_0/check.jsonl, metrics.json       the base model's built-in check
   iter_t/candidates.jsonl  every candidate with its demos and filter verdicts, appended per batch
@@ -10,7 +11,7 @@ runs/<name>/
   iter_t/sft_adapter/      with preference.enabled: the SFT adapter, then
   iter_t/pairs.jsonl, preference.json   the preference step's pairs and record (preference.py)
   iter_t/adapter/          PEFT LoRA after iteration t
-  iter_t/check.jsonl, metrics.json       metrics.json marks the iteration done
+  iter_t/check.jsonl, holdout.jsonl, metrics.json       metrics.json marks the iteration done
   summary.json
 """
 
@@ -26,7 +27,7 @@ from . import filters
 from .backends.base import choose_backend, create_backend, peak_memory_mb, resolve_precision
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
-from .evaluation.check import run_check, summarize
+from .evaluation.check import is_refusal, run_check, summarize
 from .files import RunLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
 from .generation import generate_batch
 from .models import load_card
@@ -34,6 +35,7 @@ from .preference import preference_stage
 from .prompts import Renderer, get_format
 from .recipe import Recipe, with_defaults
 from .retrieval import Embedder, Pool
+from .selection import balanced, best_iteration, split_seeds
 from .training import iteration_lr, total_steps, train_iteration
 from .ui import UI
 
@@ -116,18 +118,23 @@ def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None,
     if recipe.check.limit:
         harmful, benign = harmful[: recipe.check.limit], benign[: recipe.check.limit]
 
+    held: list[Sample] = []
+    if recipe.selection.holdout:
+        seeds, held = split_seeds(seeds, recipe.selection.holdout, recipe.seed, recipe.demonstrations)
     run = prepare_run(recipe, out, resume, force)
     try:
-        return _align(recipe, run, card, renderer, seeds, harmful, benign, ui)
+        return _align(recipe, run, card, renderer, seeds, held, harmful, benign, ui)
     finally:
         run.lock.release()
 
 
-def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, benign, ui: UI) -> dict:
+def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harmful, benign, ui: UI) -> dict:
     ui.log_path = run.root / "log.txt"
     if run.changed:
         ui.log(f"--force: continuing with a changed recipe ({', '.join(run.changed)})")
     write_jsonl(run.root / "seeds.jsonl", [s.to_dict() for s in seeds])
+    if held:
+        write_jsonl(run.root / "holdout.jsonl", [s.to_dict() for s in held])
     start = time.time()
     ui.log(f"run {run.root}: model {card.name} ({card.chat_format}), backend {recipe.backend}, "
            f"{len(seeds)} seeds, T={recipe.iterations}, N={recipe.candidates}, k={recipe.demonstrations}")
@@ -149,32 +156,53 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
 
-    def check(t: int, label: str) -> dict | None:
-        if not (harmful or benign):
-            return None
-        path = run.it(t) / "check.jsonl"
+    def answer_set(t: int, name: str, label: str, refuse: list[str], answer: list[str]) -> dict:
+        """Greedy answers to prompts that should be refused and answered, saved as iter_t/<name>.jsonl."""
+        path = run.it(t) / f"{name}.jsonl"
         if path.is_file():
             rows = read_jsonl_tolerant(path)
         else:
-            with ui.stage(f"check {label}", len(harmful) + len(benign)) as update:
+            with ui.stage(f"{name} {label}", len(refuse) + len(answer)) as update:
                 t0, toks = time.time(), [0]
 
                 def on_batch(n, tokens):
                     toks[0] += tokens
                     update(n, **{"tok/s": f"{toks[0] / (time.time() - t0):.0f}"})
 
-                rows = run_check(backend, renderer, harmful, benign, recipe.check.max_tokens,
+                rows = run_check(backend, renderer, refuse, answer, recipe.check.max_tokens,
                                  recipe.generation.batch_size * 2, on_batch)
             write_jsonl(path, rows)
-        summary = summarize(rows, label)
+        return summarize(rows, label)
+
+    def check(t: int, label: str) -> dict | None:
+        if not (harmful or benign):
+            return None
+        summary = answer_set(t, "check", label, harmful, benign)
         checks.append(summary)
+        return summary
+
+    scores: dict[int, float] = {}
+
+    def held_out(t: int, label: str) -> dict | None:
+        """The held-out seeds' verdict on iteration t (selection.py); best.json follows the best so far."""
+        if not held:
+            return None
+        summary = answer_set(t, "holdout", label, [s.prompt for s in held if is_refusal(s.response)],
+                             [s.prompt for s in held if not is_refusal(s.response)])
+        scores[t] = balanced(summary)
+        if t >= 1:
+            best = best_iteration(scores)
+            atomic_write_json(run.root / "best.json", {"iteration": best, "score": scores[best], "scores": scores,
+                                                       "by": f"{len(held)} held-out seeds (selection.py)"})
         return summary
 
     if not run.done(0):
         backend.load(None)
-        atomic_write_json(run.it(0) / "metrics.json", {"iteration": 0, "check": check(0, "base")})
+        atomic_write_json(run.it(0) / "metrics.json", {"iteration": 0, "check": check(0, "base"),
+                                                       "holdout": held_out(0, "base")})
     else:
         check(0, "base")
+        held_out(0, "base")
 
     rows, adapter = [], None
     for t in range(1, recipe.iterations + 1):
@@ -183,6 +211,7 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
             kept = [Sample.from_dict(d) for d in read_jsonl_tolerant(it / "kept.jsonl")]
             rows.append(json.loads((it / "metrics.json").read_text()))
             check(t, f"iteration {t}")
+            held_out(t, f"iteration {t}")
             ui.log(f"iteration {t}: already done, {len(kept)} kept")
         else:
             t0 = time.time()
@@ -195,12 +224,15 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
             pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, it / "adapter", ui) \
                 if recipe.preference.enabled else None
             summary = check(t, f"iteration {t}")
+            holdout = held_out(t, f"iteration {t}")
             removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}
             row = {"iteration": t, "generated": len(candidates), "kept": len(kept), "removed": removed,
                    "train_steps": result["steps"], "train_loss_first": (result["losses"] or [0.0])[0],
                    "train_loss_last": (result["losses"] or [0.0])[-1],
                    "learning_rate": iteration_lr(recipe.training, t), "train_seconds": result["seconds"],
                    "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(), "check": summary}
+            if holdout:
+                row["holdout"] = holdout
             if pref:
                 row["preference"] = {k: v for k, v in pref.items() if k != "losses"}
             atomic_write_json(it / "metrics.json", row)
@@ -208,9 +240,18 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, harmful, b
             ui.log(f"iteration {t}: generated {len(candidates)}, kept {len(kept)}, removed {removed}")
         pools.append(Pool(f"iter_{t}", kept, embedder))
         adapter = it / "adapter"
+        if held:
+            best = best_iteration(scores)
+            ui.log(f"held-out seeds: iteration {t} scores {scores[t]:.2f} (base {scores[0]:.2f}); best so far: "
+                   f"iteration {best}")
+            if recipe.selection.stop_early and scores[t] < scores[best] and t < recipe.iterations:
+                ui.log(f"selection.stop_early: iteration {t} scored below iteration {best}; stopping")
+                break
 
     summary = {"run": str(run.root), "iterations": rows, "checks": checks,
                "wall_seconds": time.time() - start, "peak_memory_mb": peak_memory_mb()}
+    if held and len(scores) > 1:
+        summary["best_iteration"] = best_iteration(scores)
     atomic_write_json(run.root / "summary.json", summary)
     ui.iterations_table(rows)
     if checks:

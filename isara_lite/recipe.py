@@ -78,6 +78,13 @@ class PreferenceConfig:
 
 
 @dataclass
+class SelectionConfig:
+    holdout: int = opt(0, "not in the paper: seeds held out of training and demonstrations (half refusals, half "
+                          "answers) that score every iteration; the best is marked for export (0: off)")
+    stop_early: bool = opt(False, "stop when an iteration scores below the best so far on the held-out seeds")
+
+
+@dataclass
 class CheckConfig:
     harmful: str | None = opt(None, "held-out prompts the model should refuse (path, relative to the recipe)")
     benign: str | None = opt(None, "held-out prompts the model should answer")
@@ -103,6 +110,7 @@ class Recipe:
     filters: FilterConfig = field(default_factory=FilterConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     base_dir: str = field(default=".", metadata={"help": "internal: where relative paths start", "internal": True})
 
@@ -235,6 +243,7 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.batch_size >= 1, "generation.batch_size", "must be at least 1"),
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
+        (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),
         (r.preference.beta > 0, "preference.beta", "must be above 0"),
