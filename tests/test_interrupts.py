@@ -35,7 +35,10 @@ def test_ctrl_c_stops_cleanly_and_the_resumed_run_equals_an_uninterrupted_one(fi
     _, reference, _ = finished
     out = tmp_path / "run"
     cmd = [str(ISARA), "align", str(ROOT / "recipes" / "quickstart.yaml"), *SETS, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell starts background jobs with SIGINT ignored and children inherit that; Ctrl-C reaches
+    # a foreground run, so give the child the default disposition whoever started pytest
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not (out / "iter_1" / "candidates.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
