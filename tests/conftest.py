@@ -22,6 +22,21 @@ def embedder():
     return Embedder()
 
 
+@pytest.fixture(scope="session")
+def card():
+    """The bundled model's card (SmolLM2-135M-Instruct)."""
+    from isara_lite.models import load_card
+
+    return load_card("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def renderer(card):
+    from isara_lite.prompts import Renderer, get_format
+
+    return Renderer(get_format(card.chat_format), card.system)
+
+
 # A recipe small enough for CI: 1 iteration, 4 candidates, 3 training steps, 2+2 check prompts.
 TINY = [
     "iterations=1", "candidates=4", "demonstrations=3", "context_tokens=600", "backend=torch",

@@ -22,15 +22,10 @@ import pytest
 
 from isara_lite.backends.base import REQUIRES, Sampling, create_backend
 from isara_lite.errors import IsaraError
-from isara_lite.models import load_card
-from isara_lite.prompts import Renderer, get_format
 from isara_lite.recipe import TrainConfig
 from isara_lite.training import lr_at
 
 from conftest import REPO
-
-CARD = "smollm2-135m-instruct"
-
 
 def _cuda() -> bool:
     try:
@@ -74,16 +69,6 @@ TRAIN_PAIRS = [
 ]
 TRAIN = TrainConfig(epochs=3, max_steps=3, batch_size=4, learning_rate=5e-3, max_length=128)
 GREEDY = Sampling(max_tokens=8, temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def card():
-    return load_card(CARD)
-
-
-@pytest.fixture(scope="module")
-def renderer(card):
-    return Renderer(get_format(card.chat_format), card.system)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

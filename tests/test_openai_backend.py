@@ -24,8 +24,6 @@ import pytest
 from isara_lite.backends.base import Sampling, create_backend
 from isara_lite.backends.openai import OpenAIBackend
 from isara_lite.errors import IsaraError
-from isara_lite.models import load_card
-from isara_lite.prompts import Renderer, get_format
 
 from conftest import REPO
 
@@ -35,7 +33,6 @@ missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
 pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}: pip install openai "
                                                     "'llama-cpp-python[server]'")
 
-CARD = "smollm2-135m-instruct"
 QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow."]
 GREEDY = Sampling(max_tokens=8, temperature=0.0)
 
@@ -88,20 +85,10 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def card():
-    return load_card(CARD)
-
-
-@pytest.fixture(scope="module")
-def renderer(card):
-    return Renderer(get_format(card.chat_format), card.system)
-
-
-@pytest.fixture(scope="module")
 def server(card, tmp_path_factory):
     gguf = card.gguf_path()
     if gguf is None:
-        pytest.skip(f"no GGUF for {CARD}: {card.how_to_get()}")
+        pytest.skip(f"no GGUF for {card.name}: {card.how_to_get()}")
     s = Server(gguf, tmp_path_factory.mktemp("openai-server") / "server.log")
     try:
         s.start()
