@@ -75,8 +75,10 @@ def build_pairs(backend, renderer, seeds, kept, embedder, recipe, t: int, path: 
     items = contrast_items(seeds, kept, classifier, recipe.preference.seed_pairs)
     g, bs = recipe.generation, recipe.generation.batch_size
     done = read_jsonl_tolerant(path)
-    done = done[: len(done) // bs * bs] if len(done) < len(items) else done  # a half-written batch is redone
-    write_jsonl(path, done)
+    whole = len(done) // bs * bs if len(done) < len(items) else len(done)
+    if whole != len(done):  # a half-written batch: redo it whole so sampling stays deterministic
+        done = done[:whole]
+        write_jsonl(path, done)
     with ui.stage(f"iteration {t}: contrastive answers", len(items), len(done)) as update:
         for start in range(len(done), len(items), bs):
             batch = items[start:start + bs]
@@ -133,7 +135,7 @@ def train_dpo(base, tok, pairs: list[dict], pref, train, learning_rate: float, a
     # warmup_steps below 1 is a share of the steps in transformers 5
     config = DPOConfig(
         output_dir=str(work), per_device_train_batch_size=pref.batch_size, num_train_epochs=pref.epochs,
-        learning_rate=learning_rate, lr_scheduler_type=train.schedule if train.schedule == "constant" else "cosine",
+        learning_rate=learning_rate, lr_scheduler_type=train.schedule,
         warmup_steps=train.warmup_ratio, max_grad_norm=1.0, weight_decay=0.0, beta=pref.beta,
         loss_type=["sigmoid", "sft"][: len(weights)], loss_weights=weights, max_length=train.max_length,
         precompute_ref_log_probs=True, seed=seed, data_seed=seed, bf16=bf16,
