@@ -128,11 +128,12 @@ class Recipe:
 
 def with_defaults(data) -> dict | None:
     """A saved recipe's mapping with keys it lacks (added to isara_lite since) at their defaults, so
-    a run resumes unchanged by them; None when the mapping no longer builds."""
+    a run resumes unchanged by them; the mapping as saved when it no longer builds (a key since
+    removed), so the keys that differ are still named."""
     try:
         return _build(Recipe, data, "saved recipe").to_dict()
     except IsaraError:
-        return None
+        return data if isinstance(data, dict) else None
 
 
 def _suggest(key: str, known) -> str:

@@ -109,3 +109,22 @@ def test_a_full_disk_is_a_one_line_error(tmp_path):
         assert last.startswith("error: No space left on device") and "free some space, then --resume" in last
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_resume_names_the_keys_of_a_recipe_saved_by_another_version(finished, tmp_path):
+    """Keys added since a run started count as their defaults; a key since removed is named."""
+    import shutil
+
+    import yaml
+
+    recipe, reference, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    del saved["preference"]  # as written before the preference step existed
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    align(recipe, out, resume=True)  # no --force needed
+    saved["gone_key"] = 1
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(IsaraError, match=r"recipe changed since this run started \(gone_key"):
+        align(recipe, out, resume=True)
