@@ -9,8 +9,10 @@ from rich.console import Console
 
 from .backends.base import Sampling, create_backend
 from .errors import IsaraError
+from .gate import apply_gate, choose_gate
 from .models import load_card
 from .prompts import Renderer, cut, get_format
+from .retrieval import Embedder
 
 
 def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
@@ -36,7 +38,7 @@ def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
 
 
 def chat(model: str | None, run: Path | None, iteration: int | None, backend: str, prompts: list[str],
-         max_tokens: int, temperature: float, threads: int) -> None:
+         max_tokens: int, temperature: float, threads: int, gate_option: str | None = None) -> None:
     adapter = None
     if run is not None:
         run_model, adapter = run_adapter(run, iteration)
@@ -45,17 +47,21 @@ def chat(model: str | None, run: Path | None, iteration: int | None, backend: st
     renderer = Renderer(get_format(card.chat_format), card.system)
     b = create_backend(backend, card, threads=threads)
     b.load(adapter)
+    gate = choose_gate(gate_option, adapter)
+    embedder = Embedder() if gate else None
     out = Console()
     sampling = Sampling(max_tokens=max_tokens, temperature=temperature, stop=renderer.fmt.stops)
 
     def answer(q: str) -> str:
-        return cut(b.generate([renderer.chat_prompt(q)], sampling)[0].text)
+        text = cut(b.generate([renderer.chat_prompt(q)], sampling)[0].text)
+        return apply_gate(b, renderer, gate, embedder, [q], [text], sampling)[0]["response"] if gate else text
 
     if prompts:  # one-shot, for scripts
         for q in prompts:
             out.print(answer(q), highlight=False)
         return
-    out.print(f"[bold]{card.name}[/]" + (f" + {adapter}" if adapter else "") + "  (empty line or Ctrl-D quits)")
+    out.print(f"[bold]{card.name}[/]" + (f" + {adapter}" if adapter else "") + (" + the seeds' gate" if gate else "")
+              + "  (empty line or Ctrl-D quits)")
     while True:
         try:
             q = input("> ").strip()

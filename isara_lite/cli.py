@@ -70,11 +70,14 @@ def models():
 @click.option("--max-tokens", default=200, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 is greedy")
 @click.option("--threads", default=0, help="CPU threads (0: all)")
-def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threads):
+@click.option("--gate", "gate", metavar="PATH|none",
+              help="the seeds' refusal gate (gate.py): default the adapter's own gate.json if it has one; "
+                   "none: off; PATH: a gate.json (e.g. RUN/gate.json in front of the base model)")
+def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threads, gate):
     """Talk to a model, or to the model a run produced."""
     from .chat import chat as run_chat
 
-    run_chat(model, run, iteration, backend, list(prompts), max_tokens, temperature, threads)
+    run_chat(model, run, iteration, backend, list(prompts), max_tokens, temperature, threads, gate)
 
 
 @cli.command()
@@ -109,12 +112,16 @@ def export(run, fmt, iteration, out):
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--threads", default=0, help="CPU threads (0: all)")
 @click.option("--max-tokens", default=200, show_default=True, help="new tokens per answer (greedy)")
-def eval_(model, adapter, run, iteration, suite, data, full, limit, judge, out, backend, threads, max_tokens):
+@click.option("--gate", "gate", metavar="PATH|none",
+              help="the seeds' refusal gate (gate.py): default the adapter's own gate.json if it has one; "
+                   "none: off; PATH: a gate.json (e.g. RUN/gate.json in front of the base model)")
+def eval_(model, adapter, run, iteration, suite, data, full, limit, judge, out, backend, threads, max_tokens, gate):
     """Evaluate a model or a run: safety, truthfulness, instruction following."""
     from .evaluation.run import evaluate
 
     evaluate(model=model, adapter=adapter, run=run, iteration=iteration, suite=suite, data=data, full=full,
-             limit=limit, judge=judge, out=out, backend=backend, threads=threads, max_tokens=max_tokens)
+             limit=limit, judge=judge, out=out, backend=backend, threads=threads, max_tokens=max_tokens,
+             gate=gate)
 
 
 @cli.command()

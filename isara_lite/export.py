@@ -1,6 +1,7 @@
 """`isara export`: a run's adapter as PEFT, as a GGUF LoRA for llama.cpp, merged into one GGUF
 that llama.cpp and Ollama load on their own (chat template and stop token kept from the base), or as
-an mlx-lm adapter directory for `mlx_lm.load(model, adapter_path=...)`."""
+an mlx-lm adapter directory for `mlx_lm.load(model, adapter_path=...)`. A run's refusal gate (gate.py)
+goes inside a directory export, and beside a GGUF file as <file>.gate.json, for `isara chat --gate`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .adapters import merge_gguf, mlx_num_layers, peft_to_gguf, peft_to_mlx, rea
 from .chat import run_adapter
 from .errors import IsaraError
 from .files import atomic_dir, commit_dir
+from .gate import FILE as GATE_FILE, load_gate
 from .models import load_card
 
 FORMATS = ("peft", "gguf-adapter", "merged-gguf", "mlx")
@@ -19,12 +21,19 @@ FORMATS = ("peft", "gguf-adapter", "merged-gguf", "mlx")
 
 def export(run: Path, fmt: str, out: Path | None = None, iteration: int | None = None) -> Path:
     model, adapter = run_adapter(run, iteration)
-    card = load_card(model)
+    out = _export(load_card(model), run, adapter, fmt, out)
+    gate = load_gate(adapter)
+    if gate and out.is_file():
+        gate.save(out.with_name(out.name + "." + GATE_FILE))
+    return out
+
+
+def _export(card, run: Path, adapter: Path, fmt: str, out: Path | None) -> Path:
     stem = f"{run.name}-{adapter.parent.name}"
     if fmt == "peft":
         out = out or run / "export" / f"{stem}-peft"
         tmp = atomic_dir(out)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", GATE_FILE):
             if (adapter / name).is_file():
                 shutil.copy2(adapter / name, tmp / name)
         commit_dir(tmp, out)
@@ -40,6 +49,8 @@ def export(run: Path, fmt: str, out: Path | None = None, iteration: int | None =
         text_cfg = hf_config.get("text_config", hf_config)
         tmp = atomic_dir(out)
         write_mlx_adapter(tmp, weights, params, mlx_num_layers(weights, text_cfg["num_hidden_layers"]))
+        if (adapter / GATE_FILE).is_file():
+            shutil.copy2(adapter / GATE_FILE, tmp / GATE_FILE)
         commit_dir(tmp, out)
         return out
     if fmt == "merged-gguf":

@@ -3,6 +3,7 @@
 runs/<name>/
   recipe.yaml              the resolved recipe (what --resume compares against)
   seeds.jsonl              the seed pool P0 as read (less the held-out seeds)
+  gate.json                with gate.enabled: the seeds' refusal gate (gate.py)
   holdout.jsonl, best.json with selection.holdout: the held-out seeds, the best iteration (selection.py)
   log.txt
   iter_0/check.jsonl, metrics.json       the base model's built-in check
@@ -10,7 +11,7 @@ runs/<name>/
   iter_t/kept.jsonl        pool P_t
   iter_t/sft_adapter/      with preference.enabled: the SFT adapter, then
   iter_t/pairs.jsonl, preference.json   the preference step's pairs and record (preference.py)
-  iter_t/adapter/          PEFT LoRA after iteration t
+  iter_t/adapter/          PEFT LoRA after iteration t (+ gate.json with gate.enabled)
   iter_t/check.jsonl, holdout.jsonl, metrics.json       metrics.json marks the iteration done
   summary.json
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 import yaml
 
 from . import filters
-from .backends.base import choose_backend, create_backend, peak_memory_mb, resolve_precision
+from .backends.base import Sampling, choose_backend, create_backend, peak_memory_mb, resolve_precision
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import is_refusal, run_check, summarize
 from .files import RunLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
+from .gate import FILE as GATE_FILE, apply_gate, fit_gate
 from .generation import generate_batch
 from .models import load_card
 from .preference import preference_stage
@@ -155,6 +157,11 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
+    gate = fit_gate(seeds, embedder, recipe.seed) if recipe.gate.enabled else None
+    if gate:
+        gate.save(run.root / GATE_FILE)
+        ui.log(f"gate: fitted on {gate.seeds} seeds ({gate.refusals} refusals), C={gate.C:.3g}, "
+               f"out-of-fold AUROC on the seeds {gate.seed_auroc:.2f}")
 
     def answer_set(t: int, name: str, label: str, refuse: list[str], answer: list[str]) -> dict:
         """Greedy answers to prompts that should be refused and answered, saved as iter_t/<name>.jsonl."""
@@ -171,13 +178,24 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
 
                 rows = run_check(backend, renderer, refuse, answer, recipe.check.max_tokens,
                                  recipe.generation.batch_size * 2, on_batch)
+                if gate:  # the model's own answers are kept beside the gated ones
+                    sampling = Sampling(max_tokens=recipe.check.max_tokens, temperature=0.0, stop=renderer.fmt.stops)
+                    gated = apply_gate(backend, renderer, gate, embedder, [r["prompt"] for r in rows],
+                                       [r["response"] for r in rows], sampling)
+                    rows = [{**r, "greedy_response": r["response"], "greedy_refused": r["refused"], **g}
+                            for r, g in zip(rows, gated)]
             write_jsonl(path, rows)
+        if gate:
+            return {**summarize(rows, f"{label} + gate"),
+                    "greedy": summarize([{**r, "refused": r["greedy_refused"]} for r in rows], label)}
         return summarize(rows, label)
 
     def check(t: int, label: str) -> dict | None:
         if not (harmful or benign):
             return None
         summary = answer_set(t, "check", label, harmful, benign)
+        if "greedy" in summary:
+            checks.append(summary["greedy"])
         checks.append(summary)
         return summary
 
@@ -223,6 +241,8 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
             result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, sft_out, ui)
             pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, it / "adapter", ui) \
                 if recipe.preference.enabled else None
+            if gate:  # beside the adapter, so chat, eval and export find it
+                gate.save(it / "adapter" / GATE_FILE)
             summary = check(t, f"iteration {t}")
             holdout = held_out(t, f"iteration {t}")
             removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}

@@ -85,6 +85,12 @@ class SelectionConfig:
 
 
 @dataclass
+class GateConfig:
+    enabled: bool = opt(False, "not in the paper: a question classifier fitted on the seeds decides refuse or answer "
+                               "at inference, the model writes the answer (gate.py; README, Deviations)")
+
+
+@dataclass
 class CheckConfig:
     harmful: str | None = opt(None, "held-out prompts the model should refuse (path, relative to the recipe)")
     benign: str | None = opt(None, "held-out prompts the model should answer")
@@ -111,6 +117,7 @@ class Recipe:
     training: TrainConfig = field(default_factory=TrainConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     base_dir: str = field(default=".", metadata={"help": "internal: where relative paths start", "internal": True})
 

@@ -88,9 +88,10 @@ def subset(items: list, n: int | None, key=lambda r: "", seed: int = 0) -> list:
 
 class Evaluator:
     def __init__(self, backend, renderer, label: str, max_tokens: int = 200, batch_size: int = 16,
-                 ui: UI | None = None, embedder=None, demos=None):
+                 ui: UI | None = None, embedder=None, demos=None, gate=None):
         self.backend, self.renderer, self.label = backend, renderer, label
         self.demos = demos  # questions -> demos per question, for the ICL baselines
+        self.gate = gate  # gate.Gate: the seeds decide refuse or answer (single-turn answers only)
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.ui = ui or UI()
         self._embedder = embedder
@@ -117,7 +118,13 @@ class Evaluator:
             t0, toks = time.time(), 0
             for i in range(0, len(prompts), self.batch_size):
                 gens = self.backend.generate(self.prompts(prompts[i:i + self.batch_size]), sampling)
-                out += [cut(g.text) for g in gens]
+                texts = [cut(g.text) for g in gens]
+                if self.gate is not None and self.demos is None:
+                    from ..gate import apply_gate
+
+                    texts = [r["response"] for r in apply_gate(self.backend, self.renderer, self.gate, self.embedder,
+                                                                prompts[i:i + self.batch_size], texts, sampling)]
+                out += texts
                 toks += sum(g.completion_tokens for g in gens)
                 update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})
         return out
@@ -221,13 +228,14 @@ class Evaluator:
         items = subset(ds.alpaca_eval(data), sizes["alpaca_eval"], key=lambda r: r["dataset"])
         instr = [r["instruction"] for r in items]
         outputs = self.answer(instr, "instructions: model")
-        if adapter is not None or self.demos is not None:  # the paper's baseline: the pretrained model's own outputs
+        if adapter is not None or self.demos is not None or self.gate is not None:
+            # the paper's baseline: the pretrained model's own outputs, ungated
             self.backend.load(None)
-            demos, self.demos = self.demos, None
+            demos, gate, self.demos, self.gate = self.demos, self.gate, None, None
             try:
                 base = self.answer(instr, "instructions: pretrained")
             finally:
-                self.demos = demos
+                self.demos, self.gate = demos, gate
                 self.backend.load(adapter)
         else:
             base = list(outputs)
@@ -309,10 +317,11 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
              iteration: int | None = None, suite: str = "all", data: Path | None = None, full: bool = False,
              limit: int | None = None, judge: str | None = None, out: Path | None = None, backend: str = "auto",
              threads: int = 0, max_tokens: int = 200, batch_size: int = 16, ui: UI | None = None,
-             demos=None, label: str | None = None, embedder=None) -> dict:
+             demos=None, label: str | None = None, embedder=None, gate: str | None = None) -> dict:
     """Evaluate a model (+ adapter). demos: see the module docstring; label names it in the results;
-    embedder: an already loaded retrieval.Embedder to reuse."""
+    embedder: an already loaded retrieval.Embedder to reuse; gate: --gate (gate.choose_gate)."""
     from ..chat import run_adapter
+    from ..gate import choose_gate
 
     ui = ui or UI()
     if run is not None:
@@ -326,7 +335,8 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     if any(s not in SUITES for s in suites):
         raise IsaraError(f"unknown suite '{suite}'; use one of {', '.join(SUITES)} or all")
     card = load_card(model or "smollm2-135m-instruct")
-    label = label or card.name + (f"+{Path(adapter).parent.name}" if adapter else "")
+    the_gate = choose_gate(gate, Path(adapter) if adapter else None)
+    label = label or card.name + (f"+{Path(adapter).parent.name}" if adapter else "") + ("+gate" if the_gate else "")
     if out is None:
         out = (Path(run) / "eval" / Path(adapter).parent.name) if run is not None else Path("evals") / label
     out = Path(out)
@@ -347,12 +357,13 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     b.load(Path(adapter) if adapter else None)
     from ..retrieval import Embedder
 
-    if embedder is None and (judge or "refusal") in ("refusal", "classifier", "reference-embed"):
+    if embedder is None and ((judge or "refusal") in ("refusal", "classifier", "reference-embed") or the_gate):
         embedder = Embedder()
     refusal_judge, pairwise_judge = _judges(judge, suites, embedder, name, threads)
-    ev = Evaluator(b, renderer, label, max_tokens, batch_size, ui, embedder, demos)
+    ev = Evaluator(b, renderer, label, max_tokens, batch_size, ui, embedder, demos, the_gate)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
+               "gate": the_gate is not None,
                "label": label, "max_tokens": max_tokens, "decoding": "greedy", "subset_sizes": sizes,
                **({"demonstrations": getattr(demos, "name", "custom")} if demos is not None else {}),
                "suites": {}, "seconds": {}}
