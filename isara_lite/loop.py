@@ -151,6 +151,9 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
         precision, reason = resolve_precision(recipe.training.precision, backend.device)
         trains = f", training in {precision} ({reason})"
     ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads{trains}")
+    if recipe.training.processes > 1 and backend.name not in ("torch", "llamacpp"):
+        raise IsaraError(f"training.processes={recipe.training.processes}: the {backend.name} backend trains in its "
+                         f"own process only; pass --backend torch or set training.processes=1")
     if recipe.preference.enabled and not hasattr(backend, "train_preference"):
         raise IsaraError(f"preference.enabled: the {backend.name} backend cannot run the preference step yet "
                          f"(torch and llamacpp can); pass --backend torch or turn preference.enabled off")
@@ -339,7 +342,9 @@ def train_stage(backend, renderer, seeds, kept, recipe, t, adapter_in, adapter_o
             toks[0] += tokens
             update(1, loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{"tok/s": f"{toks[0] / (time.time() - t0):.0f}"})
 
-        result = train_iteration(backend, renderer, seeds, kept, recipe.training, t, adapter_in, adapter_out, on_step)
+        result = train_iteration(backend, renderer, seeds, kept, recipe.training, t, adapter_in, adapter_out, on_step,
+                                 job={"model": recipe.model, "seed": recipe.seed, "device": recipe.device,
+                                      "threads": recipe.threads})
     out = {"steps": result.steps, "losses": result.losses, "tokens": result.tokens, "seconds": result.seconds}
     atomic_write_json(record, out)
     return out

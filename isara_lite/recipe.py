@@ -61,6 +61,8 @@ class TrainConfig:
     precision: str = opt("auto", "auto, fp32 or bf16 matrix math in torch training (auto: bf16 on CUDA and "
                                  "on CPUs with AMX); LoRA weights, optimizer and adapter stay fp32")
     max_steps: int = opt(0, "stop after this many steps (0: no cap); for smoke tests")
+    processes: int = opt(1, "processes that train together (torchrun: gloo on CPU, NCCL with one GPU each on CUDA); "
+                            "the same steps and loss as one process (distributed.py); torch and llamacpp backends")
 
 
 @dataclass
@@ -251,6 +253,7 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.batch_size >= 1, "generation.batch_size", "must be at least 1"),
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
+        (r.training.processes >= 1, "training.processes", "must be at least 1"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),

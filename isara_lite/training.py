@@ -22,6 +22,12 @@ def build_example(prompt_ids: list[int], answer_ids: list[int], eos_id: int, max
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
+def loss_tokens(labels: list[int]) -> int:
+    """How many positions of an example the next-token loss covers (its answer tokens, less a first
+    token that has nothing before it)."""
+    return sum(y != IGNORE for y in labels[1:])
+
+
 def lr_at(step: int, total: int, base: float, warmup_ratio: float, schedule: str) -> float:
     """Linear warmup, then cosine to zero (or constant) within one iteration."""
     warmup = max(1, math.ceil(total * warmup_ratio)) if warmup_ratio > 0 else 0
@@ -44,7 +50,17 @@ def total_steps(n_examples: int, config) -> int:
 
 
 def train_iteration(backend, renderer, seeds, kept, config, iteration: int,
-                    adapter_in: Path | None, adapter_out: Path, on_step=None):
-    """Fine-tune on seeds + kept (not earlier iterations' samples), continuing from adapter_in."""
+                    adapter_in: Path | None, adapter_out: Path, on_step=None, job: dict | None = None):
+    """Fine-tune on seeds + kept (not earlier iterations' samples), continuing from adapter_in.
+    With config.processes > 1 the step runs in that many processes (distributed.py); job names the
+    model, seed, device and threads they start from."""
     examples = [(renderer.chat_prompt(s.prompt), s.response) for s in [*seeds, *kept]]
-    return backend.train(examples, config, iteration_lr(config, iteration), adapter_in, adapter_out, on_step)
+    lr = iteration_lr(config, iteration)
+    if config.processes > 1:
+        from .distributed import train_processes
+
+        result = train_processes(job["model"], examples, config, lr, adapter_in, adapter_out, job["seed"],
+                                 job["device"], job["threads"], on_step)
+        backend.load(adapter_out)
+        return result
+    return backend.train(examples, config, lr, adapter_in, adapter_out, on_step)

@@ -14,7 +14,8 @@ from transformers import LogitsProcessor
 
 from ..errors import IsaraError
 from ..files import writing_dir
-from ..training import IGNORE, build_example, lr_at, total_steps
+from ..distributed import all_reduce_sum, process_group
+from ..training import IGNORE, build_example, loss_tokens, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 
@@ -196,6 +197,7 @@ class TorchBackend:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
         rng = random.Random(self.seed)
+        rank, world = process_group()
         order: list[int] = []
         losses, tokens_seen, start = [], 0, time.time()
         for step in range(steps):
@@ -209,12 +211,20 @@ class TorchBackend:
                     rng.shuffle(perm)
                     order += perm
                 idx, order = order[: config.batch_size], order[config.batch_size:]
-                ids, labels, mask = self._pad([data[i] for i in idx])
+                # the loss is the mean over the whole batch's answer tokens; with several processes
+                # each takes every world-th row and the gradients are summed (distributed.py)
+                scored = sum(loss_tokens(data[i][1]) for i in idx)
+                mine = idx[rank::world]
+                if not mine:
+                    continue
+                ids, labels, mask = self._pad([data[i] for i in mine])
                 with autocast:
-                    loss = self._answer_loss(model, ids, labels, mask)
+                    loss = self._answer_loss(model, ids, labels, mask, reduction="sum") / scored
                 (loss / config.grad_accum).backward()
                 step_loss += loss.item() / config.grad_accum
                 step_tokens += int(mask.sum())
+            if world > 1:
+                step_loss, step_tokens = all_reduce_sum(params, step_loss, step_tokens)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -225,8 +235,9 @@ class TorchBackend:
 
         if config.gradient_checkpointing:
             model.gradient_checkpointing_disable()
-        with writing_dir(Path(adapter_out)) as tmp:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+        if rank == 0:
+            with writing_dir(Path(adapter_out)) as tmp:
+                model.save_pretrained(str(tmp), safe_serialization=True)
         self.model = model.eval()
         self.adapter = Path(adapter_out)
         return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
@@ -244,7 +255,7 @@ class TorchBackend:
         self.adapter = Path(adapter_out)
         return result
 
-    def _answer_loss(self, model, ids, labels, mask, share_prefix: bool = True):
+    def _answer_loss(self, model, ids, labels, mask, share_prefix: bool = True, reduction: str = "mean"):
         """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
         is kept: on short answers after long prompts that is most of the saving. A prompt prefix
         that every row of the batch shares (the system message and turn opening of the chat
@@ -271,7 +282,7 @@ class TorchBackend:
         cap = getattr(inner.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return torch.nn.functional.cross_entropy(logits, target[keep])
+        return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
 
     def _pad(self, batch):
         torch = self.torch
