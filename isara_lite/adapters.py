@@ -33,6 +33,19 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+GGUF_ADAPTER = "adapter.gguf"
+
+
+def gguf_beside(adapter: Path, card) -> Path:
+    """The GGUF LoRA of a PEFT adapter, converted on first use and kept inside its directory."""
+    target = Path(adapter) / GGUF_ADAPTER
+    if not target.is_file():
+        if not (Path(adapter) / "adapter_model.safetensors").is_file():
+            raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+        peft_to_gguf(adapter, json.loads((Path(card.hf_source()) / "config.json").read_text()), target)
+    return target
+
+
 def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> Path:
     import gguf
     from safetensors.numpy import load_file

@@ -3,7 +3,7 @@ server (python -m llama_cpp.server, one request at a time) on the bundled model'
 stopped here. No mocks: the server is killed for real to test retries and resuming.
 
 The generation and scoring half of the backend conformance suite runs here too (imported below);
-its training half does not apply, since this backend does not train.
+its training half is the torch backend's, which this backend trains with.
 """
 
 from __future__ import annotations
@@ -180,15 +180,105 @@ def test_score_refuses_what_llama_cpp_python_gets_wrong(backend):
 
 
 # -- what this backend does not do ---------------------------------------------------------------
-def test_train_and_adapters_are_clear_errors(backend, renderer, tmp_path):
+HOOK = """import os, signal, subprocess, sys
+pidfile, port, gguf, lora = sys.argv[1:5]
+try:
+    os.kill(int(open(pidfile).read()), signal.SIGKILL)
+except (OSError, ValueError):
+    pass
+cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", port,
+       "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048", "--verbose", "False"]
+p = subprocess.Popen(cmd + (["--lora_path", lora] if lora else []), stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+open(pidfile, "w").write(str(p.pid))
+"""
+
+
+@pytest.fixture(scope="module")
+def adapter(card, renderer, tmp_path_factory):
+    """An adapter that answers everything with bananas: any server that serves it shows it at once."""
+    from isara_lite.backends.torch import TorchBackend
     from isara_lite.recipe import TrainConfig
 
+    out = tmp_path_factory.mktemp("banana") / "adapter"
+    examples = [(renderer.chat_prompt(q), "Banana banana banana banana.") for q in QUESTIONS * 4]
+    TorchBackend(card, threads=1).train(examples, TrainConfig(batch_size=8, epochs=6, warmup_ratio=0.0), 5e-3,
+                                        None, out)
+    return out
+
+
+def test_an_adapter_needs_runtime_loading_or_the_hook(backend, adapter, tmp_path):
     backend.load(None)
-    with pytest.raises(IsaraError, match=r"generates only.*--resume --force --backend torch") as e:
-        backend.train([(renderer.chat_prompt("Hi"), "Hello.")], TrainConfig(), 1e-4, None, tmp_path / "out")
-    assert "\n" not in str(e.value)
-    with pytest.raises(IsaraError, match=re.escape(str(tmp_path / "adapter")) + ".*cannot load an adapter"):
-        backend.load(tmp_path / "adapter")
+    with pytest.raises(IsaraError, match=r"cannot load LoRA adapters at runtime.*--enable-lora.*ISARA_OPENAI_RESTART"):
+        backend.load(adapter)  # llama-cpp-python has no /v1/load_lora_adapter
+    with pytest.raises(IsaraError, match=re.escape(str(tmp_path / "none")) + ".*no adapter_model"):
+        backend.load(tmp_path / "none")
+    assert backend.adapter is None and backend.model == backend.served
+
+
+def test_the_restart_hook_serves_each_adapter(running, card, renderer, adapter, llamacpp, tmp_path, monkeypatch):
+    """The loop's adapter follows it onto a server that loads LoRA only at start: the hook restarts
+    llama-cpp-python's server with --lora_path, and its greedy answers are llama.cpp's with the adapter."""
+    pidfile, hook = tmp_path / "server.pid", tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    pidfile.write_text(str(running.proc.pid))
+    monkeypatch.setenv("ISARA_OPENAI_RESTART", f"{sys.executable} {hook} {pidfile} {running.port} "
+                                               f"{card.gguf_path()} {{gguf_adapter}}")
+    prompts = [renderer.chat_prompt(q) for q in QUESTIONS]
+    try:
+        b = OpenAIBackend(card, base_url=running.url)
+        base = _texts(b.generate(prompts, GREEDY))
+        b.load(adapter)
+        served = _texts(b.generate(prompts, GREEDY))
+        llamacpp.load(adapter)
+        assert served == _texts(llamacpp.generate(prompts, GREEDY)) != base
+        assert all("anana" in t for t in served)
+        assert b.adapter == adapter.resolve() and (adapter / "adapter.gguf").is_file()
+        b.load(None)
+        assert _texts(b.generate(prompts, GREEDY)) == base
+    finally:
+        llamacpp.load(None)
+        subprocess.run(["kill", "-9", pidfile.read_text()], check=False)
+        running.proc.wait(timeout=30)  # the hook killed it first; the next test starts it again
+
+
+def test_the_loop_runs_on_the_server_adapters_included(running, card, renderer, llamacpp, tmp_path, monkeypatch):
+    """isara align --backend openai, two iterations: generation and the check on the server, training
+    here, each new adapter served through the hook; the last check's answers are llama.cpp's with
+    iteration 2's adapter."""
+    from conftest import TINY
+    from isara_lite.evaluation.check import run_check
+    from isara_lite.loop import align
+    from isara_lite.recipe import load_recipe
+
+    pidfile, hook = tmp_path / "server.pid", tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    pidfile.write_text(str(running.proc.pid))
+    monkeypatch.setenv("ISARA_OPENAI_BASE_URL", running.url)
+    monkeypatch.setenv("ISARA_OPENAI_RESTART", f"{sys.executable} {hook} {pidfile} {running.port} "
+                                               f"{card.gguf_path()} {{gguf_adapter}}")
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*TINY, "backend=openai", "iterations=2"])
+    try:
+        summary = align(recipe, tmp_path / "run")
+        assert [r["iteration"] for r in summary["iterations"]] == [1, 2]
+        served = open(f"/proc/{pidfile.read_text()}/cmdline").read().split("\0")  # the server the hook left
+        assert served[served.index("--lora_path") + 1] == str((tmp_path / "run" / "iter_2" / "adapter" / "adapter.gguf").resolve())
+        rows = [json.loads(line) for line in (tmp_path / "run" / "iter_2" / "check.jsonl").read_text().splitlines()]
+        llamacpp.load(tmp_path / "run" / "iter_2" / "adapter")
+        local = run_check(llamacpp, renderer, [r["prompt"] for r in rows if r["set"] == "harmful"],
+                          [r["prompt"] for r in rows if r["set"] == "benign"], recipe.check.max_tokens)
+        assert [r["response"] for r in rows] == [r["response"] for r in local]
+    finally:
+        llamacpp.load(None)
+        subprocess.run(["kill", "-9", pidfile.read_text()], check=False)
+        running.proc.wait(timeout=30)
+
+
+def test_a_failing_hook_is_one_line(backend, adapter, monkeypatch):
+    monkeypatch.setenv("ISARA_OPENAI_RESTART", "echo no such server >&2; exit 3")
+    backend.load(None)
+    with pytest.raises(IsaraError, match="ISARA_OPENAI_RESTART exited 3: no such server"):
+        backend.load(adapter)
 
 
 # -- errors and retries --------------------------------------------------------------------------

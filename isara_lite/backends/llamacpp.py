@@ -6,14 +6,12 @@ back into llama.cpp for the next iteration.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
-from ..adapters import peft_to_gguf
+from ..adapters import gguf_beside
 from ..errors import IsaraError
 from .base import Generation, Sampling, TrainResult, default_threads
 
-GGUF_ADAPTER = "adapter.gguf"
 
 
 class LlamaCppBackend:
@@ -86,22 +84,10 @@ class LlamaCppBackend:
         return out
 
     # -- adapters ------------------------------------------------------------------------------
-    def _hf_config(self) -> dict:
-        return json.loads((Path(self.card.hf_source()) / "config.json").read_text())
-
-    def gguf_adapter(self, adapter: Path) -> Path:
-        """The GGUF LoRA beside a PEFT adapter, converted on first use."""
-        target = Path(adapter) / GGUF_ADAPTER
-        if not target.is_file():
-            if not (Path(adapter) / "adapter_model.safetensors").is_file():
-                raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
-            peft_to_gguf(adapter, self._hf_config(), target)
-        return target
-
     def load(self, adapter: Path | None) -> None:
         if adapter == self.adapter:
             return
-        self._open(self.gguf_adapter(adapter) if adapter else None)
+        self._open(gguf_beside(adapter, self.card) if adapter else None)
         self.adapter = Path(adapter) if adapter else None
 
     # -- training: PyTorch on the dequantized weights --------------------------------------------

@@ -30,15 +30,28 @@ a server without them is a clear error. Token counts come from the server's toke
 (/extras/tokenize of llama-cpp-python, /tokenize of vLLM and llama-server), so they match what
 it generates from.
 
-Training does not go through the server: train() refuses, naming the resume with a local
-backend. load() takes only None for now: serving LoRA adapters (vLLM's runtime LoRA loading)
-is later work.
+Training runs here, not on the server: PyTorch + PEFT as in the torch backend (CUDA when this
+machine has it). The new adapter is then served for the next iteration's generation and the check:
+  vLLM (default)  POST /v1/load_lora_adapter {lora_name, lora_path}, then requests name the adapter
+                  as their model. The server must run with --enable-lora (and --max-lora-rank at
+                  least the recipe's rank) and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and must be
+                  able to read the adapter directory at the same path: the same machine or a
+                  shared filesystem.
+  restart hook    ISARA_OPENAI_RESTART: a shell command that restarts the server on the adapter,
+                  for servers that load LoRA only at start (llama-cpp-python's --lora_path,
+                  llama-server's --lora). {adapter} is the PEFT directory, {gguf_adapter} the same
+                  adapter as a GGUF LoRA (converted when the command names it); both are empty for
+                  the base model. isara runs it, then waits for /v1/models to answer
+                  (ISARA_OPENAI_RESTART_TIMEOUT seconds, default 300).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,7 +84,9 @@ class OpenAIBackend:
             import openai
         except ImportError:
             raise IsaraError("backend 'openai' needs the openai client: pip install 'isara_lite[openai]'") from None
-        self.card, self.seed = card, seed
+        self.card, self.seed, self._train_threads, self._train_device = card, seed, threads, device
+        self.adapter: Path | None = None
+        self._trainer = None
         self.base_url = (base_url or os.environ.get("ISARA_OPENAI_BASE_URL") or DEFAULT_URL).rstrip("/")
         env = os.environ.get("ISARA_OPENAI_CONCURRENCY")
         if concurrency is None and env:
@@ -85,7 +100,8 @@ class OpenAIBackend:
         # the server's own routes (tokenize) live beside /v1, not under it
         root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
         self._root = self.client.with_options(base_url=root)
-        self.model = self._pick_model(model or os.environ.get("ISARA_OPENAI_MODEL"))
+        self._wanted = model or os.environ.get("ISARA_OPENAI_MODEL")
+        self.model = self.served = self._pick_model(self._wanted)
         self.device = f"{self.base_url} ({self.model})"  # what loop.py logs as the backend's device
         self.threads = 0  # nothing runs on this machine's cores
         self._tokenize_path: str | None = None
@@ -179,14 +195,81 @@ class OpenAIBackend:
 
     # -- adapters and training -----------------------------------------------------------------
     def load(self, adapter: Path | None) -> None:
-        """Only None (the served model): loading a LoRA adapter into the server is not supported yet."""
-        if adapter is not None:
-            raise IsaraError(f"{adapter}: backend 'openai' cannot load an adapter yet (it generates with the "
-                             "server's model); use --backend torch or llamacpp for adapters")
+        """Serve ADAPTER (None: the base model) for what follows: vLLM's runtime LoRA loading, or the
+        ISARA_OPENAI_RESTART hook."""
+        adapter = Path(adapter).resolve() if adapter is not None else None
+        if adapter == self.adapter:
+            return
+        if adapter is not None and not (adapter / "adapter_model.safetensors").is_file():
+            raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+        if os.environ.get("ISARA_OPENAI_RESTART"):
+            self._restart(adapter)
+        elif adapter is None:
+            self.model = self.served
+        else:
+            self.model = self._load_lora(adapter)
+        self.adapter = adapter
+
+    def _load_lora(self, adapter: Path) -> str:
+        import hashlib
+
+        import openai
+
+        name = f"isara-{adapter.parent.name}-{hashlib.sha256(str(adapter).encode()).hexdigest()[:8]}"
+        try:
+            self.client.post("/load_lora_adapter", body={"lora_name": name, "lora_path": str(adapter)}, cast_to=str)
+        except openai.NotFoundError:
+            raise IsaraError(f"{self.base_url}: the server cannot load LoRA adapters at runtime (no "
+                             "/v1/load_lora_adapter); start vLLM with --enable-lora and "
+                             "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or set ISARA_OPENAI_RESTART to a command that "
+                             "restarts the server on {adapter} or {gguf_adapter}") from None
+        except openai.BadRequestError as e:
+            if "already" not in str(e.message):  # loaded by an earlier, interrupted run: keep it
+                raise self._error(e) from None
+        except openai.APIError as e:
+            raise self._error(e) from None
+        return name
+
+    def _restart(self, adapter: Path | None) -> None:
+        from ..adapters import gguf_beside
+
+        template = os.environ["ISARA_OPENAI_RESTART"]
+        gguf = gguf_beside(adapter, self.card) if adapter is not None and "{gguf_adapter}" in template else ""
+        cmd = template.replace("{adapter}", shlex.quote(str(adapter or ""))).replace(
+            "{gguf_adapter}", shlex.quote(str(gguf)))
+        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise IsaraError(f"ISARA_OPENAI_RESTART exited {done.returncode}: "
+                             f"{_one_line(done.stderr or done.stdout, 200)}")
+        deadline = time.time() + float(os.environ.get("ISARA_OPENAI_RESTART_TIMEOUT", "300"))
+        while True:
+            try:
+                self.model = self.served = self._pick_model(self._wanted)
+                return
+            except IsaraError:
+                if time.time() > deadline:
+                    raise IsaraError(f"{self.base_url}: no answer within ISARA_OPENAI_RESTART_TIMEOUT after "
+                                     "ISARA_OPENAI_RESTART") from None
+                time.sleep(0.5)
+
+    def _torch(self):
+        if self._trainer is None:
+            from .torch import TorchBackend
+
+            self._trainer = TorchBackend(self.card, threads=self._train_threads, device=self._train_device,
+                                         seed=self.seed)
+        return self._trainer
 
     def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        raise IsaraError("backend 'openai' generates only and cannot train: resume this run with a local "
-                         "backend to train on what it generated (isara align RECIPE --resume --force --backend torch)")
+        """Trains here (torch), then serves the new adapter."""
+        result = self._torch().train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result
+
+    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        result = self._torch().train_preference(pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result
 
     # -- likelihood scoring (evaluation) ----------------------------------------------------------
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
