@@ -16,11 +16,11 @@ import random
 import zlib
 from pathlib import Path
 
-from .backends.base import choose_backend, create_backend
+from .backends.base import create_backend
 from .files import atomic_write_json
 from .generation import answer_demos
 from .retrieval import Pool
-from .training import total_steps, train_iteration
+from .training import total_steps, train_iteration, training_job
 from .ui import UI
 
 BASELINES = ("pretrained", "sft-seeds", "icl-knn", "icl-random", "one-shot", "isara")
@@ -63,14 +63,11 @@ def train_sft_seeds(recipe, card, renderer, seeds, out: Path, ui: UI, key: dict 
     if record.is_file() and (adapter / "adapter_model.safetensors").is_file():  # train.json is written last
         if json.loads(record.read_text(encoding="utf-8")).get("settings") == key:
             return adapter
-    name = recipe.backend
-    if name == "auto":
-        name, _ = choose_backend(card)
-    backend = create_backend(name, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
+    backend = create_backend(recipe.backend, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
     backend.load(None)
     with ui.stage(f"sft-seeds: train on {len(seeds)} seed pairs", total_steps(len(seeds), recipe.training)) as update:
         result = train_iteration(backend, renderer, seeds, [], recipe.training, 1, None, adapter,
-                                 lambda step, total, loss, lr, tokens: update(1, loss=f"{loss:.3f}"))
+                                 lambda step, total, loss, lr, tokens: update(1, loss=f"{loss:.3f}"), training_job(recipe))
     atomic_write_json(record, {"steps": result.steps, "losses": result.losses, "tokens": result.tokens,
                                "seconds": result.seconds, "settings": key})
     return adapter

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import filters
-from .backends.base import Sampling, choose_backend, create_backend, peak_memory_mb, resolve_precision
+from .backends.base import Sampling, create_backend, peak_memory_mb, resolve_precision
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import is_refusal, run_check, summarize
@@ -38,7 +38,7 @@ from .prompts import Renderer, get_format
 from .recipe import Recipe, with_defaults
 from .retrieval import Embedder, Pool
 from .selection import balanced, best_iteration, split_seeds
-from .training import iteration_lr, total_steps, train_iteration
+from .training import iteration_lr, total_steps, train_iteration, training_job
 from .ui import UI
 
 
@@ -141,11 +141,8 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
     ui.log(f"run {run.root}: model {card.name} ({card.chat_format}), backend {recipe.backend}, "
            f"{len(seeds)} seeds, T={recipe.iterations}, N={recipe.candidates}, k={recipe.demonstrations}")
 
-    name = recipe.backend
-    if name == "auto":
-        name, why = choose_backend(card, long_prompts=True)
-        ui.log(f"backend auto -> {name}: {why}")
-    backend = create_backend(name, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)
+    backend = create_backend(recipe.backend, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed,
+                             long_prompts=True, log=ui.log)
     trains = ""
     if backend.name in ("torch", "llamacpp"):  # both train with torch (mlx and unsloth keep their own dtypes)
         precision, reason = resolve_precision(recipe.training.precision, backend.device)
@@ -343,8 +340,7 @@ def train_stage(backend, renderer, seeds, kept, recipe, t, adapter_in, adapter_o
             update(1, loss=f"{loss:.3f}", lr=f"{lr:.1e}", **{"tok/s": f"{toks[0] / (time.time() - t0):.0f}"})
 
         result = train_iteration(backend, renderer, seeds, kept, recipe.training, t, adapter_in, adapter_out, on_step,
-                                 job={"model": recipe.model, "seed": recipe.seed, "device": recipe.device,
-                                      "threads": recipe.threads})
+                                 training_job(recipe))
     out = {"steps": result.steps, "losses": result.losses, "tokens": result.tokens, "seconds": result.seconds}
     atomic_write_json(record, out)
     return out

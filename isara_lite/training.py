@@ -49,6 +49,11 @@ def total_steps(n_examples: int, config) -> int:
     return min(steps, config.max_steps) if config.max_steps else steps
 
 
+def training_job(recipe) -> dict:
+    """What the processes of a multi-process training job start from (distributed.py)."""
+    return {"model": recipe.model, "seed": recipe.seed, "device": recipe.device, "threads": recipe.threads}
+
+
 def train_iteration(backend, renderer, seeds, kept, config, iteration: int,
                     adapter_in: Path | None, adapter_out: Path, on_step=None, job: dict | None = None):
     """Fine-tune on seeds + kept (not earlier iterations' samples), continuing from adapter_in.

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from isara_lite.data import Sample, read_samples
+from isara_lite.data import read_samples
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation.check import is_refusal
 

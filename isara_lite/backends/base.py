@@ -150,9 +150,13 @@ REQUIRES = {"llamacpp": ("llama_cpp", "llamacpp"), "mlx": ("mlx_lm", "mlx"), "un
             "openai": ("openai", "openai")}
 
 
-def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0) -> Backend:
+def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0,
+                   long_prompts: bool = False, log=None) -> Backend:
+    """The backend NAME; "auto" picks one (choose_backend) and tells LOG why."""
     if name == "auto":
-        name, _ = choose_backend(card)
+        name, why = choose_backend(card, long_prompts=long_prompts)
+        if log:
+            log(f"backend auto -> {name}: {why}")
     module, extra = REQUIRES.get(name, (None, None))
     if module and not _installed(module):
         raise IsaraError(f"backend '{name}' needs {module}, which is not installed: pip install 'isara_lite[{extra}]'")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..backends.base import Sampling, choose_backend, create_backend
+from ..backends.base import Sampling, create_backend
 from ..errors import IsaraError
 from ..files import atomic_write_json, write_jsonl
 from ..models import load_card
@@ -349,17 +349,13 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
             ds.locate(name, data)
 
     renderer = Renderer(get_format(card.chat_format), card.system)
-    name = backend
-    if name == "auto":
-        name, why = choose_backend(card)
-        ui.log(f"backend auto -> {name}: {why}")
-    b = create_backend(name, card, threads=threads)
+    b = create_backend(backend, card, threads=threads, log=ui.log)
     b.load(Path(adapter) if adapter else None)
     from ..retrieval import Embedder
 
     if embedder is None and ((judge or "refusal") in ("refusal", "classifier", "reference-embed") or the_gate):
         embedder = Embedder()
-    refusal_judge, pairwise_judge = _judges(judge, suites, embedder, name, threads)
+    refusal_judge, pairwise_judge = _judges(judge, suites, embedder, b.name, threads)
     ev = Evaluator(b, renderer, label, max_tokens, batch_size, ui, embedder, demos, the_gate)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
