@@ -36,13 +36,19 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 GGUF_ADAPTER = "adapter.gguf"
 
 
+def require_peft(adapter: str | Path) -> Path:
+    """ADAPTER as a Path, if it is a PEFT adapter directory; else the one error every command gives."""
+    adapter = Path(adapter)
+    if not all((adapter / n).is_file() for n in ("adapter_config.json", "adapter_model.safetensors")):
+        raise IsaraError(f"{adapter}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
+    return adapter
+
+
 def gguf_beside(adapter: Path, card) -> Path:
     """The GGUF LoRA of a PEFT adapter, converted on first use and kept inside its directory."""
     target = Path(adapter) / GGUF_ADAPTER
     if not target.is_file():
-        if not (Path(adapter) / "adapter_model.safetensors").is_file():
-            raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
-        peft_to_gguf(adapter, json.loads((Path(card.hf_source()) / "config.json").read_text()), target)
+        peft_to_gguf(require_peft(adapter), json.loads((Path(card.hf_source()) / "config.json").read_text()), target)
     return target
 
 
@@ -168,10 +174,8 @@ def read_peft(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(adapter_config, tensors) of a PEFT LoRA directory, with clear errors for what we cannot map."""
     from safetensors.numpy import load_file
 
-    adapter_dir = Path(adapter_dir)
-    cfg_path, weights = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file() or not cfg_path.is_file():
-        raise IsaraError(f"{adapter_dir}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
+    adapter_dir = require_peft(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
         raise IsaraError(f"{adapter_dir}: a {cfg.get('peft_type')} adapter, not LoRA")
@@ -183,7 +187,7 @@ def read_peft(adapter_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise IsaraError(f"{adapter_dir}: modules_to_save (fully trained modules) are not supported")
     if cfg.get("fan_in_fan_out"):
         raise IsaraError(f"{adapter_dir}: fan_in_fan_out (Conv1D) LoRA is not supported")
-    return cfg, load_file(str(weights))
+    return cfg, load_file(str(adapter_dir / "adapter_model.safetensors"))
 
 
 def peft_scale(cfg: dict) -> float:

@@ -55,6 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..adapters import require_peft
 from ..errors import IsaraError
 from .base import Generation, Sampling, TrainResult
 
@@ -200,8 +201,8 @@ class OpenAIBackend:
         adapter = Path(adapter).resolve() if adapter is not None else None
         if adapter == self.adapter:
             return
-        if adapter is not None and not (adapter / "adapter_model.safetensors").is_file():
-            raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+        if adapter is not None:
+            require_peft(adapter)
         if os.environ.get("ISARA_OPENAI_RESTART"):
             self._restart(adapter)
         elif adapter is None:

@@ -14,6 +14,7 @@ from transformers import LogitsProcessor
 
 from ..errors import IsaraError
 from ..files import writing_dir
+from ..adapters import require_peft
 from ..distributed import all_reduce_sum, process_group
 from ..training import IGNORE, build_example, loss_tokens, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
@@ -85,11 +86,6 @@ def shared_prefix(ids, labels) -> int:
     return max(0, min(n - 1, ids.shape[1] - 2))
 
 
-def _check_adapter(adapter: Path) -> None:
-    if not all((Path(adapter) / n).is_file() for n in ("adapter_config.json", "adapter_model.safetensors")):
-        raise IsaraError(f"{adapter}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
-
-
 class TorchBackend:
     name = "torch"
 
@@ -153,7 +149,7 @@ class TorchBackend:
         from peft import PeftModel
 
         if adapter is not None:
-            _check_adapter(adapter)  # before unloading: a bad path leaves the loaded adapter in place
+            require_peft(adapter)  # before unloading: a bad path leaves the loaded adapter in place
         base = self._base()
         if adapter is not None:
             self.model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
@@ -165,7 +161,7 @@ class TorchBackend:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter_in is not None:
-            _check_adapter(adapter_in)
+            require_peft(adapter_in)
         base = self._base()
         torch.manual_seed(self.seed)  # LoRA init and dropout: a resumed run must train the same adapter
         if adapter_in is not None:
@@ -247,7 +243,7 @@ class TorchBackend:
         from ..preference import train_dpo
 
         if adapter_in is not None:
-            _check_adapter(adapter_in)
+            require_peft(adapter_in)
         precision, _ = resolve_precision(config.precision, self.device)
         model, result = train_dpo(self._base(), self.tok, pairs, pref, config, learning_rate, adapter_in, adapter_out,
                                   self.seed, self.device, precision == "bf16", on_step)

@@ -212,10 +212,10 @@ class UnslothBackend:
     def _read_adapter(self, adapter: Path) -> tuple[dict, dict]:
         from safetensors.torch import load_file
 
-        adapter = Path(adapter)
+        from ..adapters import require_peft
+
+        adapter = require_peft(adapter)
         weights, cfg = adapter / "adapter_model.safetensors", adapter / "adapter_config.json"
-        if not weights.is_file() or not cfg.is_file():
-            raise IsaraError(f"{adapter}: no adapter_model.safetensors + adapter_config.json (PEFT adapters only)")
         try:
             config = json.loads(cfg.read_text(encoding="utf-8"))
         except ValueError as e:

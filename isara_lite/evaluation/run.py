@@ -32,6 +32,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..adapters import require_peft
 from ..backends.base import Sampling, create_backend
 from ..errors import IsaraError
 from ..files import atomic_write_json, write_jsonl
@@ -329,8 +330,8 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
             raise IsaraError("give --adapter or --run, not both")
         run_model, adapter = run_adapter(Path(run), iteration)
         model = model or run_model
-    if adapter is not None and not (Path(adapter) / "adapter_model.safetensors").is_file():
-        raise IsaraError(f"{adapter}: no adapter_model.safetensors (PEFT adapters only)")
+    if adapter is not None:
+        require_peft(adapter)
     suites = SUITES if suite == "all" else (suite,)
     if any(s not in SUITES for s in suites):
         raise IsaraError(f"unknown suite '{suite}'; use one of {', '.join(SUITES)} or all")
