@@ -1,11 +1,13 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
-refusal judges: stratified 5-fold accuracy on isara_lite/evaluation/judge_data/refusal.jsonl
-(220 labelled responses written for this project); the regex judge has nothing to fit, its
-per-fold figures are on the same test folds. With --llm MODEL also the LLM judge (whole set).
+refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (220 labelled
+responses written for this project): accuracy per fold; precision, recall and F1 of "refused" on
+the pooled held-out verdicts; the mean error on a fold's refusal rate. Judges with nothing to fit
+(regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
+same folds. With --llm MODEL also the LLM judge (whole set).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
-with GPT-4's answer as the reference (needs ../shared/data or --data).
+with GPT-4's answer as the reference (needs ../shared/data or --data); baseline: the longer answer.
 
   .venv/bin/python benchmarks/judges.py [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
 """
@@ -60,15 +62,20 @@ def main():
         for name, judge in (("reference", ReferenceJudge("rouge")), ("reference-embed", ReferenceJudge("embed", embedder))):
             prefs = judge.prefer([r["instruction"] for r in items], matched, others, [r["reference"] for r in items])
             report["reference_sanity"][name] = {"matched_preferred": sum(prefs) / len(prefs), "n": len(prefs)}
+        longer = [1.0 if len(a) > len(b) else 0.5 if len(a) == len(b) else 0.0 for a, b in zip(matched, others)]
+        report["reference_sanity"]["longer answer (baseline)"] = {"matched_preferred": sum(longer) / len(longer),
+                                                                 "n": len(longer)}
     print(json.dumps(report, indent=2))
 
-    t = Table(title="judge accuracy")
-    for col in ("judge", "data", "accuracy", "per fold"):
+    t = Table(title="judge accuracy", caption="baselines: prefix-list, majority (refusal); longer answer (pairwise)")
+    for col in ("judge", "data", "accuracy", "per fold", "precision", "recall", "F1", "refusal-rate error"):
         t.add_column(col)
     cv = report["refusal_kfold"]
-    for name in ("regex", "classifier", "refusal"):
-        t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{cv[name]['mean']:.3f}",
-                  " ".join(f"{x:.2f}" for x in cv[name]["folds"]))
+    for name in ("refusal", "classifier", "regex", "prefix-list", "majority"):
+        v = cv[name]
+        t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
+                  " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
+                  f"{v['f1']:.3f}", f"{100 * v['rate_error']:.1f} points")
     if "llm" in report:
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():

@@ -20,6 +20,9 @@ def test_refusal_judges_held_out_accuracy(embedder):
     assert r["refusal"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
     assert r["refusal"]["mean"] > r["regex"]["mean"] + 0.05
     assert min(r["refusal"]["folds"]) >= 0.75
+    # the baselines are scored on the same folds, and the default judge beats them
+    assert r["refusal"]["f1"] > r["prefix-list"]["f1"] and r["refusal"]["f1"] > r["majority"]["f1"]
+    assert r["majority"]["recall"] in (0.0, 1.0) and r["refusal"]["rate_error"] < 0.05
 
 
 def test_refusal_judge_on_new_text(embedder):
