@@ -150,6 +150,30 @@ REQUIRES = {"llamacpp": ("llama_cpp", "llamacpp"), "mlx": ("mlx_lm", "mlx"), "un
             "openai": ("openai", "openai")}
 
 
+class TrainsWithTorch:
+    """For backends that generate elsewhere (llama.cpp, a server) and train with the torch backend:
+    a TorchBackend made on first use (torch_threads, torch_device), and the new adapter loaded after."""
+
+    _trainer = None
+
+    def _torch(self):
+        if self._trainer is None:
+            from .torch import TorchBackend
+
+            self._trainer = TorchBackend(self.card, threads=self.torch_threads, device=self.torch_device, seed=self.seed)
+        return self._trainer
+
+    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        result = self._torch().train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result
+
+    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
+        result = self._torch().train_preference(pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step)
+        self.load(Path(adapter_out))
+        return result
+
+
 def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed: int = 0,
                    long_prompts: bool = False, log=None) -> Backend:
     """The backend NAME; "auto" picks one (choose_backend) and tells LOG why."""

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from ..adapters import gguf_beside
 from ..errors import IsaraError
-from .base import Generation, Sampling, TrainResult, default_threads
+from .base import Generation, Sampling, TrainsWithTorch, default_threads
 
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(TrainsWithTorch):
     name = "llamacpp"
 
     def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, n_ctx: int = 4096,
@@ -34,7 +34,7 @@ class LlamaCppBackend:
         if problem:
             raise IsaraError(problem)
         self.batched, self.max_seqs = batched, max_seqs
-        self._trainer = None
+        self.torch_threads, self.torch_device = self.threads, "cpu"  # training: TrainsWithTorch
         self._batch = None  # the multi-sequence decoder, made on first use for the current adapter
         self.adapter: Path | None = None
         self._open(None)
@@ -89,24 +89,6 @@ class LlamaCppBackend:
             return
         self._open(gguf_beside(adapter, self.card) if adapter else None)
         self.adapter = Path(adapter) if adapter else None
-
-    # -- training: PyTorch on the dequantized weights --------------------------------------------
-    def _torch(self):
-        if self._trainer is None:
-            from .torch import TorchBackend
-
-            self._trainer = TorchBackend(self.card, threads=self.threads, device="cpu", seed=self.seed)
-        return self._trainer
-
-    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        result = self._torch().train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
-        self.load(Path(adapter_out))
-        return result
-
-    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        result = self._torch().train_preference(pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step)
-        self.load(Path(adapter_out))
-        return result
 
     # -- likelihood scoring (evaluation) ----------------------------------------------------------
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:

@@ -57,7 +57,7 @@ from pathlib import Path
 
 from ..adapters import require_peft
 from ..errors import IsaraError
-from .base import Generation, Sampling, TrainResult
+from .base import Generation, Sampling, TrainsWithTorch
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 MAX_RETRIES = 5  # 0.5+1+2+4+8 s of backoff: rides out a server restart or a burst of 429s
@@ -75,7 +75,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class OpenAIBackend:
+class OpenAIBackend(TrainsWithTorch):
     name = "openai"
 
     def __init__(self, card, threads: int = 0, device: str = "auto", seed: int = 0, base_url: str | None = None,
@@ -85,9 +85,9 @@ class OpenAIBackend:
             import openai
         except ImportError:
             raise IsaraError("backend 'openai' needs the openai client: pip install 'isara_lite[openai]'") from None
-        self.card, self.seed, self._train_threads, self._train_device = card, seed, threads, device
+        self.card, self.seed = card, seed
+        self.torch_threads, self.torch_device = threads, device  # training runs here (TrainsWithTorch)
         self.adapter: Path | None = None
-        self._trainer = None
         self.base_url = (base_url or os.environ.get("ISARA_OPENAI_BASE_URL") or DEFAULT_URL).rstrip("/")
         env = os.environ.get("ISARA_OPENAI_CONCURRENCY")
         if concurrency is None and env:
@@ -252,25 +252,6 @@ class OpenAIBackend:
                     raise IsaraError(f"{self.base_url}: no answer within ISARA_OPENAI_RESTART_TIMEOUT after "
                                      "ISARA_OPENAI_RESTART") from None
                 time.sleep(0.5)
-
-    def _torch(self):
-        if self._trainer is None:
-            from .torch import TorchBackend
-
-            self._trainer = TorchBackend(self.card, threads=self._train_threads, device=self._train_device,
-                                         seed=self.seed)
-        return self._trainer
-
-    def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        """Trains here (torch), then serves the new adapter."""
-        result = self._torch().train(examples, config, learning_rate, adapter_in, adapter_out, on_step)
-        self.load(Path(adapter_out))
-        return result
-
-    def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        result = self._torch().train_preference(pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step)
-        self.load(Path(adapter_out))
-        return result
 
     # -- likelihood scoring (evaluation) ----------------------------------------------------------
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
