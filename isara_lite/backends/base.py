@@ -221,9 +221,13 @@ def default_threads(threads: int = 0) -> int:
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (plus the peak on the GPU when there is one)."""
+    """Peak resident memory of this process so far, plus the peak on the GPU when there is one
+    (CUDA, or MLX on Metal; MLX's buffers on the CPU are already in the resident memory)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    mx = sys.modules.get("mlx.core")  # only when a backend imported it
+    if mx is not None and mx.default_device() == mx.gpu:
+        mb += mx.get_peak_memory() / 2**20
     try:
         import torch
 

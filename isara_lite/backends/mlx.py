@@ -19,7 +19,6 @@ from ..errors import IsaraError
 from ..files import atomic_dir, commit_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
-from .base import peak_memory_mb as _process_peak_mb
 
 
 MAX_ROWS = 16  # sequences decoded together (their KV caches live at once), as the llamacpp backend's max_seqs
@@ -111,14 +110,6 @@ class MlxBackend:
         from huggingface_hub import snapshot_download
 
         return snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"])
-
-    def peak_memory_mb(self) -> float:
-        """Process peak RSS, plus MLX's peak allocation when it lives on the Metal GPU (on the CPU
-        MLX's buffers are already in the RSS)."""
-        mb = _process_peak_mb()
-        if self.device == "gpu":
-            mb += self.mx.get_peak_memory() / 2**20
-        return mb
 
     # -- generation ----------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
