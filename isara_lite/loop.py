@@ -185,7 +185,7 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
                     rows = [{**r, "greedy_response": r["response"], "greedy_refused": r["refused"], **g}
                             for r, g in zip(rows, gated)]
             write_jsonl(path, rows)
-        if gate:
+        if rows and all("greedy_refused" in r for r in rows):  # gated when written (a --force resume may differ)
             return {**summarize(rows, f"{label} + gate"),
                     "greedy": summarize([{**r, "refused": r["greedy_refused"]} for r in rows], label)}
         return summarize(rows, label)

@@ -90,3 +90,20 @@ def test_align_with_the_gate_checks_both_and_exports_it(tmp_path, repo, embedder
     assert load_gate(peft) == gate
     lora = export(out, "gguf-adapter")
     assert load_gate(lora.with_name(lora.name + ".gate.json")) == gate
+
+
+def test_turning_the_gate_on_when_resuming_keeps_the_finished_checks(finished, tmp_path):
+    """--resume --force with gate.enabled: finished iterations keep the check they wrote, ungated."""
+    import shutil
+
+    from conftest import TINY
+    from isara_lite.loop import align
+    from isara_lite.recipe import load_recipe
+
+    recipe, run, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    again = load_recipe(recipe.path("quickstart.yaml"), [*TINY, "gate.enabled=true"])
+    summary = align(again, out, resume=True, force=True)
+    assert [c["model"] for c in summary["checks"]] == ["base", "iteration 1"]
+    assert (out / "gate.json").is_file()
