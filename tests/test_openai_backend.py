@@ -275,9 +275,12 @@ def test_the_loop_runs_on_the_server_adapters_included(running, card, renderer, 
 
 
 def test_a_failing_hook_is_one_line(backend, adapter, monkeypatch):
-    monkeypatch.setenv("ISARA_OPENAI_RESTART", "echo no such server >&2; exit 3")
+    monkeypatch.setenv("ISARA_OPENAI_RESTART", "sh -c 'echo no such server >&2; exit 3'")
     backend.load(None)
     with pytest.raises(IsaraError, match="ISARA_OPENAI_RESTART exited 3: no such server"):
+        backend.load(adapter)
+    monkeypatch.setenv("ISARA_OPENAI_RESTART", "no-such-program-here {adapter}")  # no shell runs it
+    with pytest.raises(IsaraError, match="ISARA_OPENAI_RESTART: no-such-program-here could not be run"):
         backend.load(adapter)
 
 

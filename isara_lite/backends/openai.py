@@ -37,7 +37,8 @@ machine has it). The new adapter is then served for the next iteration's generat
                   least the recipe's rank) and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and must be
                   able to read the adapter directory at the same path: the same machine or a
                   shared filesystem.
-  restart hook    ISARA_OPENAI_RESTART: a shell command that restarts the server on the adapter,
+  restart hook    ISARA_OPENAI_RESTART: a command (split like a shell would, run without one) that
+                  restarts the server on the adapter,
                   for servers that load LoRA only at start (llama-cpp-python's --lora_path,
                   llama-server's --lora). {adapter} is the PEFT directory, {gguf_adapter} the same
                   adapter as a GGUF LoRA (converted when the command names it); both are empty for
@@ -236,9 +237,13 @@ class OpenAIBackend(TrainsWithTorch):
 
         template = os.environ["ISARA_OPENAI_RESTART"]
         gguf = gguf_beside(adapter, self.card) if adapter is not None and "{gguf_adapter}" in template else ""
-        cmd = template.replace("{adapter}", shlex.quote(str(adapter or ""))).replace(
-            "{gguf_adapter}", shlex.quote(str(gguf)))
-        done = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+        # split like a shell would, but run without one (sh -c '...' where a shell is wanted)
+        args = [a.replace("{adapter}", str(adapter or "")).replace("{gguf_adapter}", str(gguf))
+                for a in shlex.split(template)]
+        try:
+            done = subprocess.run(args, capture_output=True, text=True)
+        except OSError as e:
+            raise IsaraError(f"ISARA_OPENAI_RESTART: {args[0] if args else '(empty)'} could not be run ({e})") from None
         if done.returncode != 0:
             raise IsaraError(f"ISARA_OPENAI_RESTART exited {done.returncode}: "
                              f"{_one_line(done.stderr or done.stdout, 200)}")
