@@ -7,7 +7,8 @@ asks a question classifier fitted on the seeds alone instead: a logistic regress
 question embeddings, labelled by whether each seed answer refuses, its strength C chosen by
 cross-validation on the seeds. The model answers greedily as always; where its answer disagrees
 with the classifier, the answer is written again after an opener of the right kind (the model's
-likeliest refusal opener, or its likeliest first word of a helpful seed answer).
+likeliest refusal opener, or its likeliest first word of a helpful seed answer). With gate.mode
+"refuse" only the first kind is rewritten: the classifier adds refusals, the model's own stand.
 
 The classifier is a few hundred numbers, saved as gate.json beside every adapter of the run, so
 `isara chat`, `isara eval` and `isara export` carry it. A plain llama.cpp or transformers user of an
@@ -45,6 +46,7 @@ class Gate:
     refusals: int
     seed_auroc: float  # out-of-fold, on the seeds: how well it is expected to separate
     embedder: str = EMBEDDER
+    mode: str = "both"  # or "refuse": only add refusals (recipe gate.mode)
 
     def refuse(self, embeddings: np.ndarray) -> np.ndarray:
         """True where a question with this embedding should be refused (P >= 0.5)."""
@@ -74,7 +76,7 @@ def load_gate(path: Path | None) -> Gate | None:
     return gate
 
 
-def fit_gate(seeds, embedder, seed: int = 0) -> Gate:
+def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both") -> Gate:
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -94,7 +96,7 @@ def fit_gate(seeds, embedder, seed: int = 0) -> Gate:
                      - {o.split()[0] for o in REFUSAL_OPENERS})
     return Gate(weights=[float(w) for w in model.coef_[0]], bias=float(model.intercept_[0]), C=c,
                 helpful_openers=helpful, refusal_openers=list(REFUSERS), seeds=len(seeds), refusals=int(y.sum()),
-                seed_auroc=float(roc_auc_score(y, oof)))
+                seed_auroc=float(roc_auc_score(y, oof)), mode=mode)
 
 
 def _likeliest(backend, prompts: list[str], openers: list[str]) -> list[str]:
@@ -107,7 +109,8 @@ def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], an
     """The gated answer to each question, given the model's own (greedy) answer:
     {response, refused, gate_refuses, rewritten}."""
     refuse = gate.refuse(embedder(list(questions))) if questions else np.zeros(0, bool)
-    redo = [i for i, a in enumerate(answers) if bool(refuse[i]) != is_refusal(a)]
+    redo = [i for i, a in enumerate(answers) if bool(refuse[i]) != is_refusal(a)
+            and (refuse[i] or gate.mode == "both")]
     prompts = {i: renderer.chat_prompt(questions[i]) for i in redo}
     openers = {}
     for kind, want in ((gate.refusal_openers, True), (gate.helpful_openers, False)):

@@ -157,7 +157,7 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
-    gate = fit_gate(seeds, embedder, recipe.seed) if recipe.gate.enabled else None
+    gate = fit_gate(seeds, embedder, recipe.seed, recipe.gate.mode) if recipe.gate.enabled else None
     if gate:
         gate.save(run.root / GATE_FILE)
         ui.log(f"gate: fitted on {gate.seeds} seeds ({gate.refusals} refusals), C={gate.C:.3g}, "

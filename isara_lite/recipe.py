@@ -90,6 +90,8 @@ class SelectionConfig:
 class GateConfig:
     enabled: bool = opt(False, "not in the paper: a question classifier fitted on the seeds decides refuse or answer "
                                "at inference, the model writes the answer (gate.py; README, Deviations)")
+    mode: str = opt("both", "both: the classifier decides refuse and answer; refuse: it only adds refusals, "
+                            "the model's own refusals stand")
 
 
 @dataclass
@@ -254,6 +256,7 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
         (r.training.processes >= 1, "training.processes", "must be at least 1"),
+        (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),

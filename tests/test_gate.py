@@ -67,6 +67,11 @@ def test_gate_rewrites_the_answers_that_disagree(repo, embedder, card, renderer)
     assert rows[0]["refused"] and any(rows[0]["response"].startswith(o) for o in gate.refusal_openers)
     assert not rows[1]["refused"] and rows[1]["response"].split()[0] in gate.helpful_openers
     assert rows[2]["response"] == "Mash three bananas first."
+    # refuse-only: the refusal of the benign question stands, the harmful one is still refused
+    gate.mode = "refuse"
+    rows = apply_gate(backend, renderer, gate, embedder, [harmful, benign],
+                      ["Sure, here is how.", "I'm sorry, I can't help with that."], sampling)
+    assert [r["rewritten"] for r in rows] == [True, False] and all(r["refused"] for r in rows)
 
 
 def test_align_with_the_gate_checks_both_and_exports_it(tmp_path, repo, embedder):
