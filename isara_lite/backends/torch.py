@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
-from ..errors import IsaraError
-from ..files import writing_dir
 from ..adapters import require_peft
 from ..distributed import all_reduce_sum, process_group
+from ..errors import IsaraError
+from ..files import writing_dir
 from ..training import IGNORE, build_example, loss_tokens, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
 from .scoring import continuation_tokens, padded_batches, row_logprobs

@@ -113,6 +113,8 @@ class Evaluator:
 
     def answer(self, prompts: list[str], what: str) -> list[str]:
         """Greedy single-turn answers in the model's chat template, cut at the next turn."""
+        from ..gate import apply_gate  # here: gate.py imports evaluation.check
+
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
         out = []
         with self.ui.stage(what, len(prompts)) as update:
@@ -121,8 +123,6 @@ class Evaluator:
                 gens = self.backend.generate(self.prompts(prompts[i:i + self.batch_size]), sampling)
                 texts = [cut(g.text) for g in gens]
                 if self.gate is not None and self.demos is None:
-                    from ..gate import apply_gate
-
                     texts = [r["response"] for r in apply_gate(self.backend, self.renderer, self.gate, self.embedder,
                                                                 prompts[i:i + self.batch_size], texts, sampling)]
                 out += texts
