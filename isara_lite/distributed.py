@@ -1,9 +1,10 @@
 """Step 4 across processes (training.processes > 1): torchrun starts N copies of this module, each
-loads the model, and all of them run the torch backend's training loop on the same seeded batches.
-Each process takes every N-th row of a batch; after the backward pass the LoRA gradients, the loss
-and the token count are summed across processes (what DDP does, written out because the loss
-bypasses the wrapped module's forward), so every process takes the same optimizer step and the
-loss curve is the one-process curve up to float summation order. Process 0 saves the adapter.
+loads the model, and all of them run step 4 (training.fit with the torch backend's primitives) on
+the same seeded batches. Each process takes every N-th row of a batch; after the backward pass the
+LoRA gradients, the loss and the token count are summed across processes (what DDP does, written
+out because the loss bypasses the wrapped module's forward), so every process takes the same
+optimizer step and the loss curve is the one-process curve up to float summation order. Process 0
+saves the adapter.
 
 CPU processes talk over gloo on loopback; on CUDA each process gets one GPU and NCCL. Generation,
 filters and the check stay in the main process, which waits for the training job:

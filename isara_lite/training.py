@@ -3,12 +3,23 @@
 Each example is the single-turn chat prompt and the answer with EOS appended; the loss covers the
 answer tokens only. The adapter continues from the previous iteration, and the learning rate
 decays by `lr_decay` per iteration (the paper halves it).
+
+`fit` is the whole training step: examples and masks, the seeded batch order, the schedule,
+gradient accumulation, splitting a batch across processes, and the atomic save. A backend gives it
+a few primitives (`LoraSteps`); torch (and through it llamacpp and openai) and mlx train this way.
+unsloth trains through TRL instead (its module says how that differs).
 """
 
 from __future__ import annotations
 
 import math
+import random
+import time
 from pathlib import Path
+from typing import Iterator, Protocol
+
+from .backends.base import TrainResult
+from .files import writing_dir
 
 IGNORE = -100  # label value the loss skips
 
@@ -47,6 +58,70 @@ def total_steps(n_examples: int, config) -> int:
     per_epoch = math.ceil(n_examples / config.batch_size / config.grad_accum)
     steps = per_epoch * config.epochs
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+class LoraSteps(Protocol):
+    """What a backend gives `fit`: its model with LoRA attached (fresh or continued) and an optimizer."""
+    rank: int  # this process and how many train together (0, 1 in one process)
+    world: int
+
+    def encode(self, prompt: str, answer: str) -> tuple[list[int], list[int], int]:
+        """(prompt ids with BOS, answer ids, EOS id)."""
+
+    def backward(self, rows: list[tuple[list[int], list[int]]], scored: int, scale: float) -> float:
+        """Sum the answer-token loss over rows, divide by scored (the whole batch's answer tokens),
+        add scale x its gradient to the accumulated ones; return the loss."""
+
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+        """Sum the gradients over processes, clip their norm at 1, take one optimizer step at lr,
+        clear the gradients; return loss and tokens summed over processes."""
+
+    def save(self, directory: Path) -> None:
+        """Write the adapter (PEFT layout, fp32 tensors) into an empty directory."""
+
+
+def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Batches of example indices, one seeded permutation after another (a batch may span two);
+    every backend draws the same batches for the same seed."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order += perm
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
+def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: Path, seed: int,
+        on_step=None) -> TrainResult:
+    """Train on (prompt, answer) examples and write the adapter to adapter_out (process 0 only).
+    The loss of a step is the mean over its batches' answer tokens; with several processes each
+    takes every world-th row of a batch and `update` sums the gradients."""
+    data = [build_example(*steps.encode(p, a), config.max_length) for p, a in examples]
+    total = total_steps(len(data), config)
+    batches = batch_order(len(data), config.batch_size, seed)
+    losses, seen, start = [], 0, time.time()
+    for step in range(total):
+        lr = lr_at(step, total, learning_rate, config.warmup_ratio, config.schedule)
+        loss, tokens = 0.0, 0
+        for _ in range(config.grad_accum):
+            idx = next(batches)
+            scored = sum(loss_tokens(data[i][1]) for i in idx)
+            mine = [data[i] for i in idx[steps.rank::steps.world]]
+            if mine:
+                loss += steps.backward(mine, scored, 1 / config.grad_accum) / config.grad_accum
+                tokens += sum(len(ids) for ids, _ in mine)
+        loss, tokens = steps.update(lr, loss, tokens)
+        losses.append(loss)
+        seen += tokens
+        if on_step:
+            on_step(step + 1, total, loss, lr, tokens)
+    if steps.rank == 0:
+        with writing_dir(Path(adapter_out)) as tmp:
+            steps.save(tmp)
+    return TrainResult(Path(adapter_out), total, losses, seen, time.time() - start)
 
 
 def training_job(recipe) -> dict:

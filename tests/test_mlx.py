@@ -162,13 +162,14 @@ def mlx_trained(mlx, tb, torch_adapter, tmp_path_factory):
     log-probs on PAIRS afterwards (the new adapter stays loaded)."""
     import torch
 
+    from isara_lite.backends.torch import answer_loss, pad_rows
     from isara_lite.training import build_example
 
     tb.load(torch_adapter[0])
     data = [build_example(tb.tok(p)["input_ids"], tb.tok(a, add_special_tokens=False)["input_ids"],
                           tb.tok.eos_token_id, 384) for p, a in PAIRS]
     with torch.no_grad():
-        torch_loss = tb._answer_loss(tb.model, *tb._pad(data)).item()
+        torch_loss = answer_loss(tb.model, *pad_rows(data, tb.tok.pad_token_id, tb.device)).item()
     steps = []
     out = tmp_path_factory.mktemp("continued") / "mlx"
     result = mlx.train(PAIRS, _config(), 1e-3, torch_adapter[0], out, on_step=lambda *a: steps.append(a))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from isara_lite.backends.base import Sampling, create_backend
+from isara_lite.backends.torch import answer_loss, pad_rows
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.training import IGNORE, build_example
@@ -28,10 +29,10 @@ def test_answer_loss_equals_transformers_loss(backend, renderer):
     tok = backend.tok
     data = [build_example(tok(renderer.chat_prompt(q))["input_ids"], tok(a, add_special_tokens=False)["input_ids"],
                           tok.eos_token_id, 256) for q, a in pairs]
-    ids, labels, mask = backend._pad(data)
+    ids, labels, mask = pad_rows(data, backend.tok.pad_token_id, backend.device)
     model = get_peft_model(backend._base(), LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     with torch.no_grad():
-        ours = backend._answer_loss(model, ids, labels, mask)
+        ours = answer_loss(model, ids, labels, mask)
         theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     backend.model = model.unload()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
@@ -119,7 +120,7 @@ def test_shared_prefix_gives_the_full_batch_loss_and_gradients(backend, renderer
              ("How do I hotwire a car that isn't mine?", "I can't help with taking a car that isn't yours.")]
     data = [build_example(tok(renderer.chat_prompt(q))["input_ids"], tok(a, add_special_tokens=False)["input_ids"],
                           tok.eos_token_id, 256) for q, a in pairs]
-    ids, labels, mask = backend._pad(data)
+    ids, labels, mask = pad_rows(data, backend.tok.pad_token_id, backend.device)
     n = shared_prefix(ids, labels)
     assert n >= 8 and (ids[:, :n] == ids[0, :n]).all() and (labels[:, 1:n + 1] == IGNORE).all()
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def test_shared_prefix_gives_the_full_batch_loss_and_gradients(backend, renderer
     got = {}
     for share in (False, True):
         model.zero_grad()
-        loss = backend._answer_loss(model, ids, labels, mask, share_prefix=share)
+        loss = answer_loss(model, ids, labels, mask, share_prefix=share)
         loss.backward()
         got[share] = loss.item(), [p.grad.clone() for p in params]
     backend.model = model.unload()

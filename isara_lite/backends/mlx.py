@@ -8,16 +8,13 @@ can be continued or served on torch / llama.cpp and the other way round.
 from __future__ import annotations
 
 import json
-import random
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..adapters import mlx_num_layers, mlx_to_peft, peft_to_mlx, read_peft, write_peft
 from ..errors import IsaraError
-from ..files import atomic_dir, commit_dir
-from ..training import IGNORE, build_example, lr_at, total_steps
+from ..training import IGNORE, fit
 from .base import Generation, Sampling, TrainResult, default_threads
 
 
@@ -315,15 +312,6 @@ class MlxBackend:
         self.model.eval()
         self.adapter = Path(adapter) if adapter else None
 
-    def _save(self, adapter_out: Path, params: dict) -> None:
-        from mlx.utils import tree_flatten
-
-        weights = {k: np.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}
-        cfg, tensors = mlx_to_peft(weights, params, base_model=self.card.hub or self.card.name)
-        tmp = atomic_dir(adapter_out)
-        write_peft(tmp, cfg, tensors)
-        commit_dir(tmp, adapter_out)
-
     # -- training ------------------------------------------------------------------------------
     def _lora_keys(self, targets) -> list[str]:
         """PEFT's target_modules rule (a name or a dotted suffix of it) over one block's modules."""
@@ -335,77 +323,80 @@ class MlxBackend:
         return keys
 
     def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        import mlx.core as mx
+        """Step 4 (training.fit) on this model; the new adapter stays loaded."""
+        result = fit(MlxSteps(self, config, learning_rate, adapter_in), examples, config, learning_rate,
+                     adapter_out, self.seed, on_step)
+        self.model.eval()
+        self.adapter = Path(adapter_out)
+        return result
+
+
+class MlxSteps:
+    """The primitives of step 4 (training.LoraSteps) for the mlx backend: mlx-lm's LoRA layers and
+    AdamW as PyTorch's (bias correction on, no weight decay), as the torch backend trains."""
+
+    rank, world = 0, 1
+
+    def __init__(self, backend: MlxBackend, config, learning_rate: float, adapter_in):
         import mlx.nn as nn
         import mlx.optimizers as optim
-        from mlx.utils import tree_map
 
-        adapter_out = Path(adapter_out)
+        self.backend = backend
         if adapter_in is not None:  # the adapter's own rank, alpha and modules, as PEFT continues it
-            params = self._attach_peft(Path(adapter_in))
+            self.params = backend._attach_peft(Path(adapter_in))
         else:
-            params = {"rank": config.lora_rank, "scale": config.lora_alpha / config.lora_rank,
-                      "dropout": config.lora_dropout, "keys": self._lora_keys(config.target_modules)}
-            self._attach(params, self.n_layers, None)
-        block = type(self.model.layers[0])
+            self.params = {"rank": config.lora_rank, "scale": config.lora_alpha / config.lora_rank,
+                           "dropout": config.lora_dropout, "keys": backend._lora_keys(config.target_modules)}
+            backend._attach(self.params, backend.n_layers, None)
+        block = type(backend.model.layers[0])
         if config.gradient_checkpointing and not getattr(block, "_isara_checkpointed", False):
             from mlx_lm.tuner.trainer import grad_checkpoint
 
             # mlx-lm patches the block class for good (generation then runs through mx.checkpoint,
             # which costs nothing without a backward pass); once, or the wrappers would nest
-            grad_checkpoint(self.model.layers[0])
+            grad_checkpoint(backend.model.layers[0])
             block._isara_checkpointed = True
-        model = self.model
 
-        eos = self.tok.eos_token_id
-        data = [build_example(self._encode(p), self.tok(a, add_special_tokens=False)["input_ids"], eos,
-                              config.max_length) for p, a in examples]
-        steps = total_steps(len(data), config)
-        use_head = self._hidden_and_head()
+        def loss_fn(model, ids, idx, targets, scored):  # model is backend.model, updated by value_and_grad
+            logits = backend._answer_logits(ids, idx)
+            return nn.losses.cross_entropy(logits.astype(backend.mx.float32), targets, reduction="sum") / scored
 
-        def loss_fn(model, ids, idx, targets):
-            if use_head:
-                h = model.model(ids)[:, :-1]
-                logits = self._head(mx.take(h.reshape(-1, h.shape[-1]), idx, axis=0))
-            else:
-                full = model(ids)[:, :-1]
-                logits = mx.take(full.reshape(-1, full.shape[-1]), idx, axis=0)
-            return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
+        self.loss_and_grad = nn.value_and_grad(backend.model, loss_fn)
+        self.opt = optim.AdamW(learning_rate=learning_rate, weight_decay=0.0, bias_correction=True)
+        self.grads = None
+        backend.model.train()
 
-        loss_and_grad = nn.value_and_grad(model, loss_fn)
-        # PyTorch's AdamW (bias correction on, no weight decay), as the torch backend trains.
-        opt = optim.AdamW(learning_rate=learning_rate, weight_decay=0.0, bias_correction=True)
-        rng = random.Random(self.seed)  # the torch backend's batch order, for the same seed
-        order: list[int] = []
-        losses, tokens_seen, start = [], 0, time.time()
-        model.train()
-        for step in range(steps):
-            lr = lr_at(step, steps, learning_rate, config.warmup_ratio, config.schedule)
-            grads, step_loss, step_tokens = None, 0.0, 0
-            for _ in range(config.grad_accum):
-                if len(order) < config.batch_size:
-                    perm = list(range(len(data)))
-                    rng.shuffle(perm)
-                    order += perm
-                idx_b, order = order[: config.batch_size], order[config.batch_size:]
-                batch = [data[i] for i in idx_b]
-                ids, labels = self._pad(batch)
-                idx, targets = self._targets(labels)
-                loss, g = loss_and_grad(model, ids, idx, mx.array(targets))
-                g = tree_map(lambda x: x / config.grad_accum, g)
-                grads = g if grads is None else tree_map(mx.add, grads, g)
-                mx.eval(loss, grads)
-                step_loss += loss.item() / config.grad_accum
-                step_tokens += sum(len(x) for x, _ in batch)
-            grads, _ = optim.clip_grad_norm(grads, 1.0)
-            opt.learning_rate = lr
-            opt.update(model, grads)
-            mx.eval(model.trainable_parameters(), opt.state)
-            losses.append(step_loss)
-            tokens_seen += step_tokens
-            if on_step:
-                on_step(step + 1, steps, step_loss, lr, step_tokens)
-        model.eval()
-        self._save(adapter_out, params)
-        self.adapter = adapter_out
-        return TrainResult(adapter_out, steps, losses, tokens_seen, time.time() - start)
+    def encode(self, prompt: str, answer: str):
+        tok = self.backend.tok
+        return self.backend._encode(prompt), tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id
+
+    def backward(self, rows, scored: int, scale: float) -> float:
+        from mlx.utils import tree_map
+
+        mx = self.backend.mx
+        ids, labels = self.backend._pad(rows)
+        idx, targets = self.backend._targets(labels)
+        loss, g = self.loss_and_grad(self.backend.model, ids, idx, mx.array(targets), scored)
+        g = tree_map(lambda x: x * scale, g)
+        self.grads = g if self.grads is None else tree_map(mx.add, self.grads, g)
+        mx.eval(loss, self.grads)
+        return loss.item()
+
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+        import mlx.optimizers as optim
+
+        model = self.backend.model
+        grads, _ = optim.clip_grad_norm(self.grads, 1.0)
+        self.opt.learning_rate = lr
+        self.opt.update(model, grads)
+        self.backend.mx.eval(model.trainable_parameters(), self.opt.state)
+        self.grads = None
+        return loss, tokens
+
+    def save(self, directory: Path) -> None:
+        from mlx.utils import tree_flatten
+
+        b = self.backend
+        weights = {k: np.array(v) for k, v in tree_flatten(b.model.trainable_parameters())}
+        cfg, tensors = mlx_to_peft(weights, self.params, base_model=b.card.hub or b.card.name)
+        write_peft(directory, cfg, tensors)

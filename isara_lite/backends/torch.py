@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import random
-import time
 from pathlib import Path
 
 import torch
@@ -15,8 +13,7 @@ from transformers import LogitsProcessor
 from ..adapters import require_peft
 from ..distributed import all_reduce_sum, process_group
 from ..errors import IsaraError
-from ..files import writing_dir
-from ..training import IGNORE, build_example, loss_tokens, lr_at, total_steps
+from ..training import IGNORE, fit
 from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 
@@ -84,6 +81,49 @@ def shared_prefix(ids, labels) -> int:
     same = (ids == ids[:1]).all(dim=0) & (labels == IGNORE).all(dim=0)
     n = int(same.long().cumprod(0).sum())  # length of the leading all-true run
     return max(0, min(n - 1, ids.shape[1] - 2))
+
+
+def answer_loss(model, ids, labels, mask, share_prefix: bool = True, reduction: str = "mean"):
+    """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
+    is kept: on short answers after long prompts that is most of the saving. A prompt prefix
+    that every row of the batch shares (the system message and turn opening of the chat
+    template: 23 of about 80 tokens per quickstart example) runs once, as a cache the rows
+    attend to; gradients flow through it, so the loss and gradients are those of the full batch."""
+    inner = model.get_base_model()
+    n = shared_prefix(ids, labels) if share_prefix and inner.config.model_type in SHARED_PREFIX_MODELS else 0
+    if n >= MIN_SHARED_PREFIX and not (getattr(inner, "is_gradient_checkpointing", False)):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=inner.config)
+        name = _cache_keyword(type(inner.model))
+        inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
+        cache.batch_repeat_interleave(ids.shape[0])
+        positions = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        hidden = inner.model(input_ids=ids[:, n:], attention_mask=mask, use_cache=True, position_ids=positions,
+                             **{name: cache}).last_hidden_state[:, :-1]
+        target = labels[:, n + 1:]
+    else:
+        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = inner.lm_head(hidden[keep]).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
+
+
+def pad_rows(batch, pad: int, device):
+    """(ids, labels, attention mask) of (ids, labels) rows, right-padded to the longest."""
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
 
 
 class TorchBackend:
@@ -157,86 +197,14 @@ class TorchBackend:
 
     # -- training ------------------------------------------------------------------------------
     def train(self, examples, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
-        torch = self.torch
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if adapter_in is not None:
-            require_peft(adapter_in)
-        base = self._base()
-        torch.manual_seed(self.seed)  # LoRA init and dropout: a resumed run must train the same adapter
-        if adapter_in is not None:
-            model = PeftModel.from_pretrained(base, str(adapter_in), is_trainable=True)
-        else:
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(base, lora)
+        """Step 4 (training.fit) on this model; the new adapter is loaded after."""
+        steps = TorchSteps(self, config, learning_rate, adapter_in)
+        result = fit(steps, examples, config, learning_rate, adapter_out, self.seed, on_step)
         if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
-        model.train()
-
-        eos = self.tok.eos_token_id
-        data = []
-        for prompt, answer in examples:
-            p = self.tok(prompt, add_special_tokens=True)["input_ids"]
-            a = self.tok(answer, add_special_tokens=False)["input_ids"]
-            data.append(build_example(p, a, eos, config.max_length))
-
-        precision, _ = resolve_precision(config.precision, self.device)
-        if precision == "fp32" and self.dtype != torch.float32:
-            raise IsaraError(f"training.precision fp32: the torch backend holds this model in {self.dtype} on "
-                             f"{self.device}; use precision auto or bf16")
-        # bf16 matmuls (oneDNN's AMX / avx512_bf16 kernels on CPU); weights, LoRA, optimizer stay fp32
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and self.device == "cpu" \
-            else contextlib.nullcontext()
-        steps = total_steps(len(data), config)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-        rng = random.Random(self.seed)
-        rank, world = process_group()
-        order: list[int] = []
-        losses, tokens_seen, start = [], 0, time.time()
-        for step in range(steps):
-            lr = lr_at(step, steps, learning_rate, config.warmup_ratio, config.schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            step_loss, step_tokens = 0.0, 0
-            for _ in range(config.grad_accum):
-                if len(order) < config.batch_size:
-                    perm = list(range(len(data)))
-                    rng.shuffle(perm)
-                    order += perm
-                idx, order = order[: config.batch_size], order[config.batch_size:]
-                # the loss is the mean over the whole batch's answer tokens; with several processes
-                # each takes every world-th row and the gradients are summed (distributed.py)
-                scored = sum(loss_tokens(data[i][1]) for i in idx)
-                mine = idx[rank::world]
-                if not mine:
-                    continue
-                ids, labels, mask = self._pad([data[i] for i in mine])
-                with autocast:
-                    loss = self._answer_loss(model, ids, labels, mask, reduction="sum") / scored
-                (loss / config.grad_accum).backward()
-                step_loss += loss.item() / config.grad_accum
-                step_tokens += int(mask.sum())
-            if world > 1:
-                step_loss, step_tokens = all_reduce_sum(params, step_loss, step_tokens)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(step_loss)
-            tokens_seen += step_tokens
-            if on_step:
-                on_step(step + 1, steps, step_loss, lr, step_tokens)
-
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
-        if rank == 0:
-            with writing_dir(Path(adapter_out)) as tmp:
-                model.save_pretrained(str(tmp), safe_serialization=True)
-        self.model = model.eval()
+            steps.model.gradient_checkpointing_disable()
+        self.model = steps.model.eval()
         self.adapter = Path(adapter_out)
-        return TrainResult(Path(adapter_out), steps, losses, tokens_seen, time.time() - start)
+        return result
 
     def train_preference(self, pairs, pref, config, learning_rate, adapter_in, adapter_out, on_step=None) -> TrainResult:
         """The preference step (isara_lite/preference.py) on this model; the new adapter is loaded after."""
@@ -250,48 +218,6 @@ class TorchBackend:
         self.model = model.eval()
         self.adapter = Path(adapter_out)
         return result
-
-    def _answer_loss(self, model, ids, labels, mask, share_prefix: bool = True, reduction: str = "mean"):
-        """Next-token loss on answer tokens only. The vocabulary projection runs only where a label
-        is kept: on short answers after long prompts that is most of the saving. A prompt prefix
-        that every row of the batch shares (the system message and turn opening of the chat
-        template: 23 of about 80 tokens per quickstart example) runs once, as a cache the rows
-        attend to; gradients flow through it, so the loss and gradients are those of the full batch."""
-        inner = model.get_base_model()
-        n = shared_prefix(ids, labels) if share_prefix and inner.config.model_type in SHARED_PREFIX_MODELS else 0
-        if n >= MIN_SHARED_PREFIX and not (getattr(inner, "is_gradient_checkpointing", False)):
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=inner.config)
-            name = _cache_keyword(type(inner.model))
-            inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
-            cache.batch_repeat_interleave(ids.shape[0])
-            positions = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-            hidden = inner.model(input_ids=ids[:, n:], attention_mask=mask, use_cache=True, position_ids=positions,
-                                 **{name: cache}).last_hidden_state[:, :-1]
-            target = labels[:, n + 1:]
-        else:
-            hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-            target = labels[:, 1:]
-        keep = target != IGNORE
-        logits = inner.lm_head(hidden[keep]).float()
-        cap = getattr(inner.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return torch.nn.functional.cross_entropy(logits, target[keep], reduction=reduction)
-
-    def _pad(self, batch):
-        torch = self.torch
-        width = max(len(ids) for ids, _ in batch)
-        pad = self.tok.pad_token_id
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (x, y) in enumerate(batch):
-            ids[i, : len(x)] = torch.tensor(x)
-            labels[i, : len(y)] = torch.tensor(y)
-            mask[i, : len(x)] = 1
-        return ids.to(self.device), labels.to(self.device), mask.to(self.device)
 
     # -- likelihood scoring (evaluation) -------------------------------------------------------
     def score(self, pairs: list[tuple[str, str]], batch_size: int = 8) -> list[float]:
@@ -317,3 +243,64 @@ class TorchBackend:
             for i, total in zip(idx, totals):
                 out[i] = total
         return out
+
+
+class TorchSteps:
+    """The primitives of step 4 (training.LoraSteps) for the torch backend: its model with LoRA
+    attached, AdamW on the LoRA weights, bf16 autocast where the precision asks for it."""
+
+    def __init__(self, backend: TorchBackend, config, learning_rate: float, adapter_in):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter_in is not None:
+            require_peft(adapter_in)
+        self.backend = backend
+        base = backend._base()
+        torch.manual_seed(backend.seed)  # LoRA init and dropout: a resumed run must train the same adapter
+        if adapter_in is not None:
+            model = PeftModel.from_pretrained(base, str(adapter_in), is_trainable=True)
+        else:
+            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(base, lora)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.model = model.train()
+        backend.model = model  # a failed step leaves the backend on this model; load() unloads it
+
+        precision, _ = resolve_precision(config.precision, backend.device)
+        if precision == "fp32" and backend.dtype != torch.float32:
+            raise IsaraError(f"training.precision fp32: the torch backend holds this model in {backend.dtype} on "
+                             f"{backend.device}; use precision auto or bf16")
+        # bf16 matmuls (oneDNN's AMX / avx512_bf16 kernels on CPU); weights, LoRA, optimizer stay fp32
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16) \
+            if precision == "bf16" and backend.device == "cpu" else contextlib.nullcontext()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
+        self.rank, self.world = process_group()
+
+    def encode(self, prompt: str, answer: str):
+        tok = self.backend.tok
+        return (tok(prompt, add_special_tokens=True)["input_ids"], tok(answer, add_special_tokens=False)["input_ids"],
+                tok.eos_token_id)
+
+    def backward(self, rows, scored: int, scale: float) -> float:
+        ids, labels, mask = pad_rows(rows, self.backend.tok.pad_token_id, self.backend.device)
+        with self.autocast:
+            loss = answer_loss(self.model, ids, labels, mask, reduction="sum") / scored
+        (loss * scale).backward()
+        return loss.item()
+
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+        if self.world > 1:
+            loss, tokens = all_reduce_sum(self.params, loss, tokens)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss, tokens
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(str(directory), safe_serialization=True)

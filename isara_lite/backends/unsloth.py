@@ -2,11 +2,19 @@
 
 Generation goes through Unsloth's fast inference path (`FastLanguageModel.for_inference`),
 training through TRL's `SFTTrainer` with completion-only loss, which Unsloth patches with its
-kernels and gradient checkpointing. Behaviour follows the PyTorch backend: the same tokenized
+kernels and gradient checkpointing. What it shares with the other backends: the same tokenized
 examples (`training.build_example`: prompt with BOS, answer + EOS, prompt cut from the left), the
-loss on answer tokens only, the learning-rate schedule of `training.lr_at`, the adapter continued
-from `adapter_in`, and the adapter written atomically in PEFT layout (adapter_config.json +
-fp32 adapter_model.safetensors), so the torch and llamacpp backends load it as well.
+loss on answer tokens only, the learning-rate schedule of `training.lr_at`, AdamW without weight
+decay, clipping at 1, the adapter continued from `adapter_in`, and the adapter written atomically
+in PEFT layout (adapter_config.json + fp32 adapter_model.safetensors), so the torch and llamacpp
+backends load it as well.
+
+How it differs from `training.fit` (which torch, llamacpp and mlx use), and why: the batch order
+is TRL's seeded sampler, not `training.batch_order`, so the same seed draws other batches; the
+trainer's own loop does accumulation and mixed precision (bf16 autocast, or fp16 with a loss
+scaler on GPUs without bf16), which Unsloth patches (its gradient-accumulation loss fix); and one
+process only. Unsloth's kernels are tested by its authors through this trainer, and no GPU was at
+hand to check a hand-written loop over them, so this backend keeps TRL's.
 
 Weights: `card.hf_source()` (a local HF dir, or the card's hub id). For a hub id in 4-bit, Unsloth's
 own name map substitutes its pre-quantized copy (meta-llama/Llama-2-7b-hf ->
