@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from isara_lite.backends.base import create_backend
-from isara_lite.chat import run_adapter
+from isara_lite.rundir import run_adapter
 from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation.check import refusal_scores, separation, summarize

@@ -21,7 +21,8 @@ from isara_lite.backends.base import create_backend
 from isara_lite.backends.llamacpp_batch import BatchDecoder
 from isara_lite.backends.scoring import continuation_tokens
 from isara_lite.evaluation import datasets as ds
-from isara_lite.evaluation.run import QA_PRIMER, subset
+from isara_lite.evaluation.protocol import subset
+from isara_lite.evaluation.truthfulness import QA_PRIMER
 from isara_lite.models import load_card
 
 ROOT = Path(__file__).resolve().parent.parent

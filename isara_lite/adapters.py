@@ -9,13 +9,13 @@ the same permutation. A is (r, in) and B is (out, r) in both formats.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import IsaraError
+from .files import writing_file
 
 # HF model_type -> (gguf architecture name, permute q/k like llama.cpp's converter does)
 ARCHS = {
@@ -76,8 +76,7 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
 
     names = gguf.get_tensor_name_map(arch, n_layers)
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", alpha)
@@ -96,20 +95,17 @@ def peft_to_gguf(adapter_dir: str | Path, hf_config: dict, out: str | Path) -> P
             elif base.endswith("attn_k.weight"):
                 w = _permute(w, n_kv)
         writer.add_tensor(f"{base}.lora_{m['ab'].lower()}", np.ascontiguousarray(w))
-    return _finish(writer, tmp, out)
+    return _finish(writer, out)
 
 
-def _finish(writer, tmp: Path, out: Path) -> Path:
-    """Write the file under a temporary name, then move it into place."""
-    try:
-        writer.write_header_to_file()
+def _finish(writer, out: Path) -> Path:
+    """Write the file whole or not at all (files.writing_file): a half-written GGUF must not fill the
+    disk or be mistaken for output."""
+    with writing_file(out) as tmp:
+        writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)  # a half-written file must not fill the disk or be mistaken for output
-        raise
-    os.replace(tmp, out)
     return out
 
 
@@ -140,8 +136,7 @@ def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path)
     reader = gguf.GGUFReader(str(base_gguf))
     deltas = _lora_deltas(Path(adapter_gguf))
     arch = reader.fields["general.architecture"].contents()
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer = gguf.GGUFWriter(None, arch)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
@@ -157,7 +152,7 @@ def merge_gguf(base_gguf: str | Path, adapter_gguf: str | Path, out: str | Path)
             writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
     if deltas:
         raise IsaraError(f"{adapter_gguf}: LoRA tensors with no match in {base_gguf}: {sorted(deltas)[:3]}")
-    return _finish(writer, tmp, out)
+    return _finish(writer, out)
 
 
 # -- PEFT <-> MLX (mlx-lm) ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .backends.base import create_backend
 from .files import atomic_write_json
 from .generation import answer_demos
 from .retrieval import Pool
+from .rundir import stage_done
 from .training import total_steps, train_iteration, training_job
 from .ui import UI
 
@@ -60,7 +61,7 @@ def one_shot_recipe(recipe):
 def train_sft_seeds(recipe, card, renderer, seeds, out: Path, ui: UI, key: dict | None = None) -> Path:
     """LoRA SFT on the seeds alone; skipped when an adapter trained with the same settings (key) is on disk."""
     adapter, record = out / "adapter", out / "train.json"
-    if record.is_file() and (adapter / "adapter_model.safetensors").is_file():  # train.json is written last
+    if stage_done(record, adapter):
         if json.loads(record.read_text(encoding="utf-8")).get("settings") == key:
             return adapter
     backend = create_backend(recipe.backend, card, threads=recipe.threads, device=recipe.device, seed=recipe.seed)

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
 
 from .backends.base import Sampling, create_backend
-from .errors import IsaraError
 from .gate import apply_gate, choose_gate
 from .models import load_card
 from .prompts import Renderer, cut, get_format
 from .retrieval import Embedder
-
-
-def run_adapter(run: Path, iteration: int | None = None) -> tuple[str, Path]:
-    """(model, adapter dir) of the iteration asked for, else the one best.json marks (selection.py),
-    else the run's last finished iteration."""
-    import yaml
-
-    recipe = run / "recipe.yaml"
-    if not recipe.is_file():
-        raise IsaraError(f"{run}: not a run directory (no recipe.yaml)")
-    model = yaml.safe_load(recipe.read_text())["model"]
-    done = sorted(int(p.name.split("_")[1]) for p in run.glob("iter_*") if (p / "adapter").is_dir())
-    if not done:
-        raise IsaraError(f"{run}: no finished iteration with an adapter yet")
-    t = iteration
-    if t is None and (run / "best.json").is_file():
-        t = json.loads((run / "best.json").read_text()).get("iteration")
-        t = t if t in done else None
-    t = done[-1] if t is None else t
-    if t not in done:
-        raise IsaraError(f"{run}: iteration {t} has no adapter (finished: {done})")
-    return model, run / f"iter_{t}" / "adapter"
+from .rundir import run_adapter
 
 
 def chat(model: str | None, run: Path | None, iteration: int | None, backend: str, prompts: list[str],

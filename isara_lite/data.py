@@ -96,6 +96,41 @@ def _decode(path: Path) -> str:
         raise IsaraError(f"{where(path, line)}: not valid UTF-8 (byte {e.start})") from None
 
 
+def parse_jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) per non-blank line of JSONL text read from path."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise IsaraError(f"{where(path, n)}: invalid JSON: {e.msg} (column {e.colno})") from None
+    return out
+
+
+def parse_json(text: str, path: Path):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IsaraError(f"{where(path, e.lineno)}: invalid JSON: {e.msg}") from None
+
+
+def parse_csv(text: str, path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row)]) of CSV text read from path; a row longer than the header is an error."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # DictReader files values beyond the header under the key None
+                raise IsaraError(f"{where(path, reader.line_num)}: {len(reader.fieldnames or [])} columns in "
+                                 f"the header, more values on this line")
+            rows.append((reader.line_num, dict(row)))
+    except csv.Error as e:
+        raise IsaraError(f"{where(path, reader.line_num)}: bad CSV: {e}") from None
+    return list(reader.fieldnames or []), rows
+
+
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, record) for a .jsonl, .json or .csv file."""
     path = Path(path)
@@ -103,37 +138,16 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         raise IsaraError(f"{path}: no such file")
     text, suffix = _decode(path), path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise IsaraError(f"{where(path, n)}: invalid JSON: {e.msg} (column {e.colno})") from None
-        return out
+        return parse_jsonl(text, path)
     if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise IsaraError(f"{where(path, e.lineno)}: invalid JSON: {e.msg}") from None
+        data = parse_json(text, path)
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise IsaraError(f"{path}: a .json file must hold a list of records")
         return [(i + 1, r) for i, r in enumerate(data)]  # record number, not line
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        try:
-            rows = []
-            for row in reader:
-                if None in row:  # DictReader files values beyond the header under the key None
-                    raise IsaraError(f"{where(path, reader.line_num)}: {len(reader.fieldnames or [])} columns in "
-                                     f"the header, more values on this line")
-                rows.append((reader.line_num, dict(row)))
-            return rows
-        except csv.Error as e:
-            raise IsaraError(f"{where(path, reader.line_num)}: bad CSV: {e}") from None
+        return parse_csv(text, path, "\t" if suffix == ".tsv" else ",")[1]
     raise IsaraError(f"{path}: unknown format '{suffix}'; use .jsonl, .json or .csv")
 
 

@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 from .adapters import merge_gguf, mlx_num_layers, peft_to_gguf, peft_to_mlx, read_peft, write_mlx_adapter
-from .chat import run_adapter
+from .rundir import run_adapter
 from .errors import IsaraError
-from .files import atomic_dir, commit_dir
+from .files import writing_dir
 from .gate import FILE as GATE_FILE, load_gate
 from .models import load_card
 
@@ -32,11 +32,10 @@ def _export(card, run: Path, adapter: Path, fmt: str, out: Path | None) -> Path:
     stem = f"{run.name}-{adapter.parent.name}"
     if fmt == "peft":
         out = out or run / "export" / f"{stem}-peft"
-        tmp = atomic_dir(out)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", GATE_FILE):
-            if (adapter / name).is_file():
-                shutil.copy2(adapter / name, tmp / name)
-        commit_dir(tmp, out)
+        with writing_dir(out) as tmp:
+            for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", GATE_FILE):
+                if (adapter / name).is_file():
+                    shutil.copy2(adapter / name, tmp / name)
         return out
     hf_config = json.loads((Path(card.hf_source()) / "config.json").read_text())
     if fmt == "gguf-adapter":
@@ -47,11 +46,10 @@ def _export(card, run: Path, adapter: Path, fmt: str, out: Path | None) -> Path:
         out = out or run / "export" / f"{stem}-mlx"
         weights, params = peft_to_mlx(*read_peft(adapter))
         text_cfg = hf_config.get("text_config", hf_config)
-        tmp = atomic_dir(out)
-        write_mlx_adapter(tmp, weights, params, mlx_num_layers(weights, text_cfg["num_hidden_layers"]))
-        if (adapter / GATE_FILE).is_file():
-            shutil.copy2(adapter / GATE_FILE, tmp / GATE_FILE)
-        commit_dir(tmp, out)
+        with writing_dir(out) as tmp:
+            write_mlx_adapter(tmp, weights, params, mlx_num_layers(weights, text_cfg["num_hidden_layers"]))
+            if (adapter / GATE_FILE).is_file():
+                shutil.copy2(adapter / GATE_FILE, tmp / GATE_FILE)
         return out
     if fmt == "merged-gguf":
         base = card.gguf_path()

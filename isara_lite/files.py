@@ -11,19 +11,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def writing_file(final: str | Path):
+    """A sibling temp path to write; moved onto `final` when the block ends, removed if it fails,
+    so `final` is either whole or as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield Path(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    os.replace(tmp, final)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with writing_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -65,18 +73,13 @@ def read_jsonl_tolerant(path: str | Path) -> list[dict]:
     return records
 
 
-def atomic_dir(final: Path) -> Path:
-    """A sibling temp dir to fill and then `os.replace` onto `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-
-
 @contextmanager
 def writing_dir(final: Path):
     """Fill a temp dir, then move it onto `final`; on failure the temp dir goes and `final` stays as it was.
     Writers that report a full disk in their own exception type (safetensors) get a plain OSError."""
     final = Path(final)
-    tmp = atomic_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
     except BaseException as e:
@@ -84,10 +87,6 @@ def writing_dir(final: Path):
         if not isinstance(e, OSError) and "os error 28" in str(e):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from e
         raise
-    commit_dir(tmp, final)
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -49,7 +49,7 @@ class Consistency:
     """Does an answer refuse exactly when the seeds say its question should be refused?
 
     A logistic regression on the seeds' question embeddings, labelled by whether each seed's answer
-    is a refusal (check.is_refusal), predicts "refuse" for a new question; the candidate passes when
+    is a refusal (refusal.is_refusal), predicts "refuse" for a new question; the candidate passes when
     its own answer's refusal verdict agrees. Seeds of one kind only (no refusals, as in most
     non-safety domains) leave nothing to learn: then every candidate passes.
     """
@@ -57,7 +57,7 @@ class Consistency:
     def __init__(self, seeds, embedder):
         from sklearn.linear_model import LogisticRegression
 
-        from .evaluation.check import is_refusal
+        from .refusal import is_refusal
 
         self.is_refusal, self.embedder = is_refusal, embedder
         labels = [is_refusal(s.response) for s in seeds]

@@ -25,9 +25,9 @@ import numpy as np
 
 from .backends.base import Sampling
 from .errors import IsaraError
-from .evaluation.check import REFUSAL_OPENERS, is_refusal
 from .files import atomic_write_json
 from .prompts import cut
+from .refusal import REFUSAL_OPENERS, is_refusal
 
 FILE = "gate.json"
 EMBEDDER = "all-MiniLM-L6-v2"  # retrieval.Embedder's default; the weights only mean something in its space

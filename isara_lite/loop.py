@@ -1,20 +1,5 @@
-"""The ISARA loop: iterations, the run directory, and resuming.
-
-runs/<name>/
-  recipe.yaml              the resolved recipe (what --resume compares against)
-  seeds.jsonl              the seed pool P0 as read (less the held-out seeds)
-  gate.json                with gate.enabled: the seeds' refusal gate (gate.py)
-  holdout.jsonl, best.json with selection.holdout: the held-out seeds, the best iteration (selection.py)
-  log.txt
-  iter_0/check.jsonl, metrics.json       the base model's built-in check
-  iter_t/candidates.jsonl  every candidate with its demos and filter verdicts, appended per batch
-  iter_t/kept.jsonl        pool P_t
-  iter_t/sft_adapter/      with preference.enabled: the SFT adapter, then
-  iter_t/pairs.jsonl, preference.json   the preference step's pairs and record (preference.py)
-  iter_t/adapter/          PEFT LoRA after iteration t (+ gate.json with gate.enabled)
-  iter_t/check.jsonl, holdout.jsonl, metrics.json       metrics.json marks the iteration done
-  summary.json
-"""
+"""The ISARA loop: iterations over steps 1-4, each step resumed where it stopped (the run
+directory and its resume rules: rundir.py)."""
 
 from __future__ import annotations
 
@@ -22,84 +7,24 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 from . import filters
 from .backends.base import Sampling, create_backend, peak_memory_mb, resolve_precision
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
-from .evaluation.check import is_refusal, run_check, summarize
-from .files import RunLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant, write_jsonl
+from .evaluation.check import CHECK_TITLE, check_rows, run_check, summarize
+from .refusal import is_refusal
+from .files import append_jsonl, atomic_write_json, read_jsonl_tolerant, write_jsonl
 from .gate import FILE as GATE_FILE, apply_gate, fit_gate
 from .generation import generate_batch
 from .models import load_card
 from .preference import preference_stage
 from .prompts import Renderer, get_format
-from .recipe import Recipe, with_defaults
+from .recipe import Recipe
 from .retrieval import Embedder, Pool
+from .rundir import RunDir, prepare_run, stage_done
 from .selection import balanced, best_iteration, split_seeds
 from .training import iteration_lr, total_steps, train_iteration, training_job
 from .ui import UI
-
-
-class Run:
-    """Paths of one run directory, and its lock."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.lock = RunLock(self.root)
-        self.changed: list[str] = []  # recipe keys changed on a --force resume
-
-    def it(self, t: int) -> Path:
-        return self.root / f"iter_{t}"
-
-    def done(self, t: int) -> bool:
-        return (self.it(t) / "metrics.json").is_file()
-
-
-def prepare_run(recipe: Recipe, out: Path, resume: bool, force: bool = False) -> Run:
-    run = Run(out)
-    resolved = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-    saved = run.root / "recipe.yaml"
-    run.lock.acquire()
-    try:
-        if not run.done(0):  # nothing finished yet (say the model failed to load): start afresh
-            saved.unlink(missing_ok=True)
-        if saved.is_file() and not resume:
-            raise IsaraError(f"{run.root} already holds a run: pass --resume to continue it, or --out elsewhere")
-        run.changed = _check_recipe(saved, resolved, recipe, force)
-    except BaseException:
-        run.lock.release()
-        raise
-    return run
-
-
-def _check_recipe(saved: Path, resolved: str, recipe: Recipe, force: bool) -> list[str]:
-    """The recipe keys that differ from the saved one (refused unless force)."""
-    changed: list[str] = []
-    if saved.is_file():
-        try:
-            old = with_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            old = None  # hand-edited into garbage: everything counts as changed
-        changed = _diff(old, recipe.to_dict())
-        if changed and not force:
-            raise IsaraError(f"{saved}: the recipe changed since this run started ({', '.join(changed)}); "
-                             f"pass --force to continue with the new recipe, or use a new --out")
-        if changed:
-            atomic_write_text(saved, resolved)
-    else:
-        atomic_write_text(saved, resolved)
-    return changed
-
-
-def _diff(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def load_seeds(recipe: Recipe, renderer: Renderer) -> list[Sample]:
@@ -130,7 +55,7 @@ def align(recipe: Recipe, out: Path, resume: bool = False, ui: UI | None = None,
         run.lock.release()
 
 
-def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harmful, benign, ui: UI) -> dict:
+def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, harmful, benign, ui: UI) -> dict:
     ui.log_path = run.root / "log.txt"
     if run.changed:
         ui.log(f"--force: continuing with a changed recipe ({', '.join(run.changed)})")
@@ -210,7 +135,7 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
         scores[t] = balanced(summary)
         if t >= 1:
             best = best_iteration(scores)
-            atomic_write_json(run.root / "best.json", {"iteration": best, "score": scores[best], "scores": scores,
+            atomic_write_json(run.best_file, {"iteration": best, "score": scores[best], "scores": scores,
                                                        "by": f"{len(held)} held-out seeds (selection.py)"})
         return summary
 
@@ -237,12 +162,12 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
             candidates = generate_iteration(backend, renderer, pools, embedder, recipe, t, it, ui)
             kept = [c for c in candidates if c.kept]
             write_jsonl(it / "kept.jsonl", [c.to_dict() for c in kept])
-            sft_out = it / ("sft_adapter" if recipe.preference.enabled else "adapter")
+            sft_out = it / "sft_adapter" if recipe.preference.enabled else run.adapter(t)
             result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, sft_out, ui)
-            pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, it / "adapter", ui) \
+            pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, run.adapter(t), ui) \
                 if recipe.preference.enabled else None
             if gate:  # beside the adapter, so chat, eval and export find it
-                gate.save(it / "adapter" / GATE_FILE)
+                gate.save(run.adapter(t) / GATE_FILE)
             summary = check(t, f"iteration {t}")
             holdout = held_out(t, f"iteration {t}")
             removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}
@@ -259,7 +184,7 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
             rows.append(row)
             ui.log(f"iteration {t}: generated {len(candidates)}, kept {len(kept)}, removed {removed}")
         pools.append(Pool(f"iter_{t}", kept, embedder))
-        adapter = it / "adapter"
+        adapter = run.adapter(t)
         if held:
             best = best_iteration(scores)
             ui.log(f"held-out seeds: iteration {t} scores {scores[t]:.2f} (base {scores[0]:.2f}); best so far: "
@@ -273,12 +198,22 @@ def _align(recipe: Recipe, run: Run, card, renderer: Renderer, seeds, held, harm
     if held and len(scores) > 1:
         summary["best_iteration"] = best_iteration(scores)
     atomic_write_json(run.root / "summary.json", summary)
-    ui.iterations_table(rows)
+    ui.table("ISARA iterations", *iteration_rows(rows))
     if checks:
-        ui.check_table(checks)
+        ui.table(CHECK_TITLE, *check_rows(checks), caption="in brackets: the 95% Wilson interval")
     ui.log(f"done in {summary['wall_seconds'] / 60:.1f} min (this session), peak memory "
            f"{summary['peak_memory_mb'] / 1024:.2f} GB; adapter: {adapter}")
     return summary
+
+
+def iteration_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the iterations table, from each iteration's metrics.json."""
+    header = ["iteration", "generated", "kept", *[f"failed {f}" for f in filters.FILTERS], "train steps",
+              "loss first -> last", "learning rate", "minutes"]
+    return header, [[str(r["iteration"]), str(r["generated"]), str(r["kept"]),
+                     *[str(r["removed"].get(f, 0)) for f in filters.FILTERS], str(r["train_steps"]),
+                     f"{r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}", f"{r['learning_rate']:.2e}",
+                     f"{r['seconds'] / 60:.1f}"] for r in rows]
 
 
 def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: Path, ui: UI) -> list[Sample]:
@@ -328,7 +263,7 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
 def train_stage(backend, renderer, seeds, kept, recipe, t, adapter_in, adapter_out: Path, ui: UI) -> dict:
     """Step 4, skipped when a finished adapter of this iteration is already on disk."""
     record = adapter_out.parent / "train.json"
-    if record.is_file() and (adapter_out / "adapter_model.safetensors").is_file():
+    if stage_done(record, adapter_out):
         backend.load(adapter_out)
         return json.loads(record.read_text())
     n = len(seeds) + len(kept)

@@ -11,14 +11,13 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import IsaraError
-from .files import atomic_dir, commit_dir
+from .files import writing_dir, writing_file
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -61,10 +60,8 @@ class ModelCard:
             return p if p.is_file() else None
         target = isara_home() / "gguf" / g["file"]
         if not target.is_file() and build:
-            tmp = target.with_name(target.name + ".part")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            importlib.import_module(g["package"]).assemble(str(tmp), overwrite=True)
-            os.replace(tmp, target)
+            with writing_file(target) as tmp:
+                importlib.import_module(g["package"]).assemble(str(tmp), overwrite=True)
         return target if target.is_file() else None
 
     def hf_source(self) -> str:
@@ -119,22 +116,20 @@ def derive_hf(gguf: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
 
-    tmp = atomic_dir(target)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as e:  # a truncated or foreign file fails deep inside the gguf reader
-        shutil.rmtree(tmp, ignore_errors=True)
         why = " ".join(str(e).split())[:200]
         raise IsaraError(f"{gguf}: not a GGUF model transformers can read ({type(e).__name__}: {why})") from None
     # transformers marks GGUF-loaded models as quantized; the weights are plain fp32 now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "isara_source.json").write_text(json.dumps({"gguf": str(gguf)}))
-    commit_dir(tmp, target)
+    with writing_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "isara_source.json").write_text(json.dumps({"gguf": str(gguf)}))
     return target
 
 

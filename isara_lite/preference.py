@@ -28,12 +28,13 @@ from pathlib import Path
 from .backends.base import Sampling, TrainResult
 from .data import Sample
 from .errors import IsaraError
-from .evaluation.check import is_refusal
+from .refusal import is_refusal
 from .files import append_jsonl, atomic_write_json, read_jsonl_tolerant, write_jsonl, writing_dir
 from .filters import Consistency
 from .generation import answer_demos, seed_for, within_budget
 from .prompts import cut
 from .retrieval import Pool
+from .rundir import stage_done
 
 
 def contrast_items(seeds: list[Sample], kept: list[Sample], classifier: Consistency, use_seeds: bool) -> list[dict]:
@@ -161,7 +162,7 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
     """Pairs, then DPO from adapter_in to adapter_out; a finished stage on disk is loaded, not redone."""
     it = Path(adapter_out).parent
     record = it / "preference.json"
-    if record.is_file() and (Path(adapter_out) / "adapter_model.safetensors").is_file():
+    if stage_done(record, adapter_out):
         backend.load(adapter_out)
         return json.loads(record.read_text())
     rows = build_pairs(backend, renderer, seeds, kept, embedder, recipe, t, it / "pairs.jsonl", ui)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .compare import BY_NAME, annotate, cell_rows, legend, markdown, table
+from .compare import cell_rows
 from .errors import IsaraError
-from .evaluation.check import describe
+from .evaluation.check import CHECK_TITLE, check_rows
+from .evaluation.tables import BY_NAME, annotate, legend, markdown, table
 from .files import atomic_write_text
 from .filters import FILTERS
+from .loop import iteration_rows
+from .rundir import RunDir
 from .stats import stored_ci
 from .ui import UI
 
@@ -33,14 +36,12 @@ def _read(path: Path) -> dict:
 
 def load_run(run: Path) -> tuple[list[dict], dict[int, list[float]]]:
     """(metrics.json of every finished iteration incl. 0, {iteration: training losses})."""
-    if not (run / "recipe.yaml").is_file():
-        raise IsaraError(f"{run}: not a run directory (no recipe.yaml)")
-    its = sorted(int(p.name.split("_")[1]) for p in run.glob("iter_*") if (p / "metrics.json").is_file())
+    rd = RunDir(run).require()
+    its = rd.finished()
     if not its:
         raise IsaraError(f"{run}: no finished iteration (no iter_*/metrics.json)")
-    rows = [_read(run / f"iter_{t}" / "metrics.json") for t in its]
-    losses = {t: _read(run / f"iter_{t}" / "train.json").get("losses", []) for t in its
-              if (run / f"iter_{t}" / "train.json").is_file()}
+    rows = [_read(rd.it(t) / "metrics.json") for t in its]
+    losses = {t: _read(rd.it(t) / "train.json").get("losses", []) for t in its if (rd.it(t) / "train.json").is_file()}
     return rows, losses
 
 
@@ -195,23 +196,17 @@ def report(run: Path, compare_dir: Path | None = None, out: Path | None = None, 
 
     md = [f"# ISARA run report: {run}", ""]
     if its:
-        ui.iterations_table(its)
+        ui.table("ISARA iterations", *iteration_rows(its))
         md += ["## Samples per iteration", ""]
-        md += _md_table(["iteration", "generated", "kept", *[f"failed {f}" for f in FILTERS], "train steps",
-                         "loss first -> last", "learning rate", "minutes"],
-                        [[str(r["iteration"]), str(r["generated"]), str(r["kept"]),
-                          *[str(r["removed"].get(f, 0)) for f in FILTERS], str(r["train_steps"]),
-                          f"{r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}", f"{r['learning_rate']:.2e}",
-                          f"{r['seconds'] / 60:.1f}"] for r in its])
+        md += _md_table(*iteration_rows(its))
         plot_samples(rows, out / "samples.png")
         md += ["", "A candidate can fail several filters, so the failed counts can add up to more than "
                    "generated - kept.", "", "![samples](samples.png)", ""]
     checks = [r["check"] for r in rows if r.get("check")]
     if checks:
-        ui.check_table(checks)
-        md += ["## Built-in check (held-out prompts, greedy)", ""]
-        md += _md_table(["model", "harmful refused", "benign answered"],
-                        [[c["model"], describe(c, "harmful_refused"), describe(c, "benign_answered")] for c in checks])
+        ui.table(CHECK_TITLE, *check_rows(checks), caption="in brackets: the 95% Wilson interval")
+        md += [f"## {CHECK_TITLE}", ""]
+        md += _md_table(*check_rows(checks))
         plot_check(rows, out / "check.png")
         md += ["", "In brackets: the 95% Wilson interval.", "", "![check](check.png)", ""]
     if compare:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from .errors import IsaraError
-from .evaluation.check import is_refusal
+from .refusal import is_refusal
 
 
 def split_seeds(seeds: list, n: int, seed: int, keep: int) -> tuple[list, list]:

@@ -1,4 +1,5 @@
-"""The terminal UI: every stage reports here (rich), and each message also goes to the run log."""
+"""The terminal UI: every stage reports here (rich), and each message also goes to the run log.
+It knows nothing of what it shows: tables come ready-made from the modules that own their data."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .backends.base import peak_memory_mb
-from .evaluation.check import describe
-from .filters import FILTERS
 
 
 class UI:
@@ -45,21 +45,11 @@ class UI:
             yield update
         self.log(f"{description}: done in {time.time() - start:.0f}s")
 
-    def iterations_table(self, rows: list[dict]) -> None:
-        t = Table(title="ISARA iterations")
-        for col in ["iteration", "generated", "kept", *[f"-{f}" for f in FILTERS], "train loss", "lr", "minutes"]:
+    def table(self, title: str, header: list[str], rows: list[list[str]], caption: str = "") -> None:
+        """Cells as given (plain text, never markup: "[33-60]" stays)."""
+        t = Table(title=title, caption=caption or None)
+        for col in header:
             t.add_column(col, justify="right")
         for r in rows:
-            t.add_row(str(r["iteration"]), str(r["generated"]), str(r["kept"]),
-                      *[str(r["removed"].get(f, 0)) for f in FILTERS],
-                      f"{r['train_loss_first']:.2f}->{r['train_loss_last']:.2f}", f"{r['learning_rate']:.2e}",
-                      f"{r['seconds'] / 60:.1f}")
-        self.console.print(t)
-
-    def check_table(self, rows: list[dict]) -> None:
-        t = Table(title="Built-in check (held-out prompts, greedy)", caption="in brackets: the 95% Wilson interval")
-        for col in ["model", "harmful refused", "benign answered"]:
-            t.add_column(col, justify="right")
-        for r in rows:
-            t.add_row(r["model"], describe(r, "harmful_refused"), describe(r, "benign_answered"))
+            t.add_row(*[Text(c) for c in r])
         self.console.print(t)

@@ -7,7 +7,8 @@ import pytest
 
 from rich.console import Console
 
-from isara_lite.evaluation.check import describe, is_refusal, separation, summarize
+from isara_lite.evaluation.check import CHECK_TITLE, check_rows, describe, separation, summarize
+from isara_lite.refusal import is_refusal
 from isara_lite.stats import wilson
 from isara_lite.ui import UI
 
@@ -100,7 +101,7 @@ def test_check_table_prints_the_intervals():
     rows = [{"set": "harmful", "refused": i < 22} for i in range(48)] + \
            [{"set": "benign", "refused": i < 5} for i in range(50)]
     old = {"model": "iteration 1", "harmful_refused": 0.75, "benign_answered": 0.5, "n_harmful": 4, "n_benign": 2}
-    ui.check_table([summarize(rows, "base"), old])
+    ui.table(CHECK_TITLE, *check_rows([summarize(rows, "base"), old]))
     text = ui.console.export_text()
     assert "46% [33-60] of 48" in text and "90% [79-96] of 50" in text
     assert "75% [30-95] of 4" in text and "50% [9-91] of 2" in text

@@ -10,6 +10,7 @@ import pytest
 
 import isara_lite.compare as cmp
 import isara_lite.evaluation.run as er
+import isara_lite.evaluation.tables as tables
 from isara_lite.errors import IsaraError
 from isara_lite.loop import load_seeds
 from isara_lite.models import load_card
@@ -65,7 +66,7 @@ def test_table_rows_columns_and_files(compared):
     res, out = compared["result"], compared["root"] / "out"
     labels = [r["label"] for r in res["rows"]]
     assert labels == ["pretrained", "SFT on seeds", "ICL-kNN", "ICL-random", "ISARA iter 1 (1x4)"]
-    assert res["columns"] == [c[0] for c in cmp.COLUMNS if c[1] == "safety"] and len(res["columns"]) == 4
+    assert res["columns"] == [c[0] for c in tables.COLUMNS if c[1] == "safety"] and len(res["columns"]) == 4
     for r in res["rows"]:
         assert set(r["values"]) == set(res["columns"]) and all(0 <= v <= 1 for v in r["values"].values())
         s = r["results"]["safety"]
@@ -174,7 +175,7 @@ def test_domains_grid(finished, embedder, tmp_path, monkeypatch):
     assert [a for _, a in calls] == [None, Path("runs") / recipe.name / "iter_1" / "adapter",
                                      Path("runs") / "truthfulness" / "iter_1" / "adapter"]
     assert (tmp_path / "runs" / "truthfulness" / "iter_1" / "adapter" / "adapter_model.safetensors").is_file()
-    assert res["domains"] is True and res["columns"] == [c[0] for c in cmp.COLUMNS if c[1] == "safety"]
+    assert res["domains"] is True and res["columns"] == [c[0] for c in tables.COLUMNS if c[1] == "safety"]
     out = tmp_path / "runs" / f"domains-{recipe.name}+truthfulness"
     assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(res["rows"]))
     n = len(calls)

@@ -14,7 +14,9 @@ import pytest
 from isara_lite.backends.base import create_backend
 from rich.console import Console
 
-from isara_lite.evaluation.run import Evaluator, mc_metrics, results_table, similarity, subset
+from isara_lite.evaluation.protocol import Answerer, subset
+from isara_lite.evaluation.run import results_table
+from isara_lite.evaluation.truthfulness import mc_metrics, multiple_choice, similarity
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.stats import bootstrap_mean, wilson
@@ -37,13 +39,13 @@ def test_multiple_choice_on_a_hand_made_set():
     """Two questions; in the second the 'true' answer is gibberish, so the model must get it wrong."""
     card = load_card("smollm2-135m-instruct")
     b = create_backend("torch", card, threads=2)
-    ev = Evaluator(b, Renderer(get_format(card.chat_format), card.system), "test")
+    ev = Answerer(b, Renderer(get_format(card.chat_format), card.system), "test")
     fluent, junk = "Paris is the capital of France.", "Zxq vlorp quibble snarf blee."
     items = [{"question": "What is the capital of France?", "mc1": [(fluent, True), (junk, False)],
               "mc2": [(fluent, True), (junk, False)]},
              {"question": "What is the capital of France?", "mc1": [(junk, True), (fluent, False)],
               "mc2": [(junk, True), (fluent, False)]}]
-    rows = ev.multiple_choice(items)
+    rows = multiple_choice(ev, items)
     assert [r["mc1"] for r in rows] == [1.0, 0.0]
     assert rows[0]["mc2"] > 0.99 and rows[1]["mc2"] < 0.01
 
@@ -90,23 +92,24 @@ def _results(with_intervals: bool) -> dict:
     return res
 
 
-def test_results_table_prints_every_interval():
+def test_results_table_prints_every_interval(tmp_path):
     ui = UI(Console(record=True, width=200))
-    results_table(_results(True), ui)
+    results_table(_results(True), tmp_path, ui)
     text = ui.console.export_text()
     lo, hi = _results(True)["suites"]["instructions"]["win_rate_vs_pretrained_ci"]
     for expected in ("89.0% [81.4-93.7]", "72.0% [58.3-82.5]", "2.0% [0.6-7.0]", "14.0% [7.0-26.2]",
-                     "0.250 [0.195-0.314]", "0.458 [0.430-0.490]", "-1.91 [-3.80, 0.02] / 0.400 [0.276-0.538]",
-                     "0.50 [-0.10, 1.10] / 0.460", f"25.0% [{100 * lo:.1f}-{100 * hi:.1f}]"):
+                     "0.250 [0.195-0.314]", "0.458 [0.430-0.490]", "-1.91 [-3.80, 0.02]", "0.400 [0.276-0.538]",
+                     "0.50 [-0.10, 1.10]", "0.460 [0.", f"25.0% [{100 * lo:.1f}-{100 * hi:.1f}]",
+                     "safety judge: refusal", "instructions judge: reference"):
         assert expected in text, expected
 
 
-def test_results_table_reads_results_from_before_the_intervals():
+def test_results_table_reads_results_from_before_the_intervals(tmp_path):
     ui = UI(Console(record=True, width=200))
-    results_table(_results(False), ui)
+    results_table(_results(False), tmp_path, ui)
     text = ui.console.export_text()
     assert "89.0% [81.4-93.7]" in text and "0.250 [0.195-0.314]" in text  # rates: Wilson from rate and n
-    assert re.search(r"MC2\s*│\s*0\.458 │", text)  # MC2: nothing to recompute it from
+    assert re.search(r"MC2 ↑\s*│\s*0\.458 \[n/a\] │", text)  # MC2: nothing to recompute it from
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")

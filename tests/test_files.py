@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from isara_lite.files import (append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, commit_dir,
-                              read_jsonl_tolerant, write_jsonl)
+from isara_lite.files import (append_jsonl, atomic_write_json, atomic_write_text, read_jsonl_tolerant,
+                              write_jsonl, writing_dir, writing_file)
 
 
 def test_atomic_write_text_creates_parents_and_leaves_no_temp(tmp_path):
@@ -98,15 +98,28 @@ def test_read_jsonl_tolerant_unicode(tmp_path):
     assert read_jsonl_tolerant(path) == [{"t": "naïve — “quoted”\u2028line"}]
 
 
-def test_atomic_dir_and_commit(tmp_path):
+def test_writing_dir_replaces_the_whole_directory_and_leaves_nothing_on_failure(tmp_path):
     final = tmp_path / "adapter"
-    tmp = atomic_dir(final)
-    assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.")
-    (tmp / "w.bin").write_bytes(b"1")
-    commit_dir(tmp, final)
+    with writing_dir(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.")
+        (tmp / "w.bin").write_bytes(b"1")
     assert (final / "w.bin").read_bytes() == b"1"
-    tmp2 = atomic_dir(final)
-    (tmp2 / "v.bin").write_bytes(b"2")
-    commit_dir(tmp2, final)
+    with writing_dir(final) as tmp:
+        (tmp / "v.bin").write_bytes(b"2")
+    assert sorted(p.name for p in final.iterdir()) == ["v.bin"]
+    with pytest.raises(RuntimeError), writing_dir(final) as tmp:
+        (tmp / "x.bin").write_bytes(b"3")
+        raise RuntimeError("killed mid-write")
     assert sorted(p.name for p in final.iterdir()) == ["v.bin"]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_writing_file_is_whole_or_untouched(tmp_path):
+    final = tmp_path / "model.gguf"
+    with writing_file(final) as tmp:
+        tmp.write_bytes(b"first")
+    with pytest.raises(RuntimeError), writing_file(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert final.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]

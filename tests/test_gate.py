@@ -7,7 +7,7 @@ import pytest
 
 from isara_lite.data import read_samples
 from isara_lite.errors import IsaraError
-from isara_lite.evaluation.check import is_refusal
+from isara_lite.refusal import is_refusal
 
 
 def test_fit_learns_the_seeds_and_round_trips(tmp_path, repo, embedder):

@@ -32,7 +32,7 @@ def test_pair_of_one_kind_or_empty_is_dropped():
 
 def test_seed_items_take_their_own_answer_as_the_verdict_and_generated_ones_the_classifiers(embedder, repo):
     from isara_lite.data import read_samples
-    from isara_lite.evaluation.check import is_refusal
+    from isara_lite.refusal import is_refusal
     from isara_lite.filters import Consistency
 
     seeds = read_samples(repo / "recipes" / "seeds" / "safety.jsonl")

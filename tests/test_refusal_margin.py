@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from isara_lite.backends.base import create_backend
-from isara_lite.evaluation.check import REFUSAL_OPENERS, refusal_scores, summarize
+from isara_lite.evaluation.check import refusal_scores, summarize
+from isara_lite.refusal import REFUSAL_OPENERS
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-import isara_lite.compare as cmp
+import isara_lite.evaluation.tables as tables
 from isara_lite.errors import IsaraError
 from isara_lite.files import atomic_write_json, read_jsonl_tolerant
 from isara_lite.filters import FILTERS
@@ -49,7 +49,7 @@ def test_report_errors_name_the_file(tmp_path):
 def test_report_of_files_from_before_the_intervals(tmp_path):
     """metrics.json and compare.json as written before the intervals: the check's intervals come from
     its rates and n, compare's from the cells' per-item rows (SUITE.jsonl), noise marks included."""
-    from test_compare_table import three_rows
+    from test_tables import three_rows
 
     run = tmp_path / "run"
     (run / "iter_0").mkdir(parents=True)
@@ -57,7 +57,7 @@ def test_report_of_files_from_before_the_intervals(tmp_path):
     atomic_write_json(run / "iter_0" / "metrics.json", {"iteration": 0, "check": {
         "model": "base", "harmful_refused": 0.4583, "benign_answered": 0.9, "n_harmful": 48, "n_benign": 50}})
     rows = three_rows(run / "compare")
-    old = cmp._table_data(rows, ["safety", "truthfulness", "instructions"], lambda row, suite: None)
+    old = tables.table_data(rows, ["safety", "truthfulness", "instructions"], lambda row, suite: None)
     for r in old["rows"]:
         del r["intervals"], r["noise"]
     del old["baseline"]

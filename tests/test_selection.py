@@ -6,7 +6,7 @@ import pytest
 
 from isara_lite.data import Sample, read_samples
 from isara_lite.errors import IsaraError
-from isara_lite.evaluation.check import is_refusal
+from isara_lite.refusal import is_refusal
 from isara_lite.selection import balanced, best_iteration, split_seeds
 
 
@@ -36,7 +36,7 @@ def test_best_is_the_highest_trained_iteration_and_ties_go_early():
 
 def test_align_marks_the_best_iteration_for_export(tmp_path, repo):
     from conftest import TINY
-    from isara_lite.chat import run_adapter
+    from isara_lite.rundir import run_adapter
     from isara_lite.loop import align
     from isara_lite.recipe import load_recipe
 

@@ -44,7 +44,6 @@ from unsloth import FastLanguageModel  # noqa: E402
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import shutil
 import tempfile
 import time
 from collections import deque
@@ -53,7 +52,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IsaraError
-from ..files import atomic_dir, commit_dir
+from ..files import writing_dir
 from ..training import IGNORE, build_example, lr_at, total_steps
 from .base import Generation, Sampling, TrainResult, default_threads
 from .scoring import continuation_tokens, padded_batches, row_logprobs
@@ -311,13 +310,8 @@ class UnslothBackend:
                 trainer.train()
         FastLanguageModel.for_inference(self.model)
 
-        tmp = atomic_dir(Path(adapter_out))
-        try:
+        with writing_dir(Path(adapter_out)) as tmp:
             self._save(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        commit_dir(tmp, Path(adapter_out))
         return TrainResult(Path(adapter_out), steps, losses, counter.total, time.time() - start)
 
     def _save(self, directory: Path) -> None:

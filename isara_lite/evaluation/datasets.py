@@ -7,16 +7,14 @@ ISARA_HOME/data/. Every record is checked; a bad one is an IsaraError naming fil
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
-import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..data import parse_csv, parse_json, parse_jsonl
 from ..errors import IsaraError, where
+from ..files import writing_file
 from ..models import isara_home
 
 # name -> (path under the data folder, public URL)
@@ -58,17 +56,13 @@ def locate(name: str, data: Path | str | None = None) -> Path:
 
 
 def _download(url: str, target: Path, name: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        with writing_file(target) as tmp, urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             f.write(r.read())
     except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise IsaraError(f"data set '{name}' is not cached and could not be downloaded from {url} ({reason}); "
                          f"pass --data DIR with a local copy of {SOURCES[name][0]}") from None
-    os.replace(tmp, target)
 
 
 def _text(path: Path) -> str:
@@ -89,29 +83,21 @@ def _text(path: Path) -> str:
 
 def _csv(path: Path, required: list[str]) -> list[tuple[int, dict]]:
     """(line, row) for each row, every required column present and non-empty."""
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    header, rows = parse_csv(_text(path), path)
+    missing = [c for c in required if c not in header]
     if missing:
-        raise IsaraError(f"{where(path, 1, missing[0])}: missing column (header: {reader.fieldnames})")
-    rows = []
-    for row in reader:
-        line = reader.line_num
-        if None in row:
-            raise IsaraError(f"{where(path, line)}: more fields than the header has")
+        raise IsaraError(f"{where(path, 1, missing[0])}: missing column (header: {header})")
+    for line, row in rows:
         for c in required:
             if not (row.get(c) or "").strip():
                 raise IsaraError(f"{where(path, line, c)}: empty or missing")
-        rows.append((line, row))
     if not rows:
         raise IsaraError(f"{path}: no rows")
     return rows
 
 
 def _json(path: Path):
-    try:
-        return json.loads(_text(path))
-    except json.JSONDecodeError as e:
-        raise IsaraError(f"{where(path, e.lineno)}: invalid JSON: {e.msg}") from None
+    return parse_json(_text(path), path)
 
 
 def _split(cell: str) -> list[str]:
@@ -182,13 +168,7 @@ def hh_harmless(data=None) -> list[dict]:
     """HH-RLHF harmless-base: the first human turn of each dialogue (a red-team prompt)."""
     path = locate("hh_harmless", data)
     out = []
-    for line, raw in enumerate(_text(path).splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            r = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise IsaraError(f"{where(path, line)}: invalid JSON: {e.msg}") from None
+    for line, r in parse_jsonl(_text(path), path):
         if not isinstance(r, dict) or not isinstance(r.get("chosen"), str):
             raise IsaraError(f"{where(path, line, 'chosen')}: missing or not a string")
         prompt = first_human_turn(r["chosen"])

@@ -1,7 +1,7 @@
 """Judges, pluggable by name.
 
 Refusal judges (safety suite) say whether each response declines its request:
-  regex        the built-in check's rules (check.is_refusal)
+  regex        the built-in check's rules (refusal.is_refusal)
   classifier   logistic regression on all-MiniLM-L6-v2 embeddings of the response's start, trained
                on judge_data/refusal.jsonl (labelled examples written for this project)
   refusal      (default) the same classifier with the regex verdict as one more feature
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import read_records
 from ..errors import IsaraError, where
-from .check import is_refusal
+from ..refusal import is_refusal
 
 DATA = Path(__file__).resolve().parent / "judge_data" / "refusal.jsonl"
 WINDOW = 300  # refusals announce themselves early; the rest of a long answer only dilutes the embedding
@@ -39,11 +40,7 @@ PAIRWISE_QUESTION = ("Which response follows the instruction better: more helpfu
 
 def load_labelled(path: Path = DATA) -> tuple[list[str], np.ndarray]:
     texts, labels = [], []
-    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            r = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise IsaraError(f"{where(path, line)}: invalid JSON: {e.msg}") from None
+    for line, r in read_records(path):
         if not isinstance(r.get("response"), str) or not isinstance(r.get("refused"), bool):
             raise IsaraError(f"{where(path, line, 'response' if 'refused' in r else 'refused')}: missing or wrong type")
         texts.append(r["response"])

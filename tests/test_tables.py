@@ -1,4 +1,4 @@
-"""The compare table's intervals and noise marks, on hand-made cells (no model): which differences
+"""The result tables (evaluation/tables.py) on hand-made cells (no model): intervals, which differences
 from the pretrained row are marked as inside noise, and compare.json files from before the intervals."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 import isara_lite.compare as cmp
+import isara_lite.evaluation.tables as tables
 from isara_lite.files import atomic_write_json, write_jsonl
 from isara_lite.stats import bootstrap_mean, wilson
 from isara_lite.ui import UI
@@ -84,7 +85,7 @@ def three_rows(out: Path):
 
 def test_intervals_and_noise_marks(tmp_path):
     rows = three_rows(tmp_path)
-    res = cmp._table_data(rows, ["safety", "truthfulness", "instructions"], cmp.cell_rows(tmp_path))
+    res = tables.table_data(rows, ["safety", "truthfulness", "instructions"], cmp.cell_rows(tmp_path))
     by = {r["row"]: r for r in res["rows"]}
     assert res["baseline"] == "pretrained"
     assert by["pretrained"]["intervals"][SAFETY] == wilson(45, 50)
@@ -97,15 +98,15 @@ def test_intervals_and_noise_marks(tmp_path):
     assert [isara[c] for c in (SAFETY, MC1, MC2, WIN)] == [False] * 4
     assert isara[ROUGE] is True
     assert [icl[c] for c in (SAFETY, MC1, MC2, ROUGE, WIN)] == [True] * 5
-    assert cmp.cell(by["isara-1"], SAFETY) == "10.0% [4.3-21.4]"
-    assert cmp.cell(by["icl-random"], SAFETY) == "88.0% [76.2-94.4]~"
+    assert tables.cell(by["isara-1"], SAFETY) == "10.0% [4.3-21.4]"
+    assert tables.cell(by["icl-random"], SAFETY) == "88.0% [76.2-94.4]~"
     lo, hi = bootstrap_mean([float(i % 7 - 3) for i in range(20)])
-    assert cmp.cell(by["pretrained"], ROUGE) == f"-0.15 [{lo:.2f}, {hi:.2f}]" and lo < -0.15 < hi
+    assert tables.cell(by["pretrained"], ROUGE) == f"-0.15 [{lo:.2f}, {hi:.2f}]" and lo < -0.15 < hi
 
 
 def test_markdown_and_terminal_output(tmp_path):
     rows = three_rows(tmp_path)
-    res = cmp._table_data(rows, ["safety"], cmp.cell_rows(tmp_path))
+    res = tables.table_data(rows, ["safety"], cmp.cell_rows(tmp_path))
     ui = UI(Console(record=True, width=200))
     cmp._write(tmp_path, res | {"max_tokens": 200}, "isara compare: t", ui)
     md = (tmp_path / "compare.md").read_text()
@@ -130,7 +131,7 @@ def test_pairing_needs_the_same_items(tmp_path):
     path = cmp.cell_dir(tmp_path, "isara-1", "truthfulness") / "truthfulness.jsonl"
     items = [json.loads(x) for x in path.read_text().splitlines()]
     write_jsonl(path, [{**r, "question": "other " + r["question"]} for r in items])
-    res = cmp._table_data(rows, ["truthfulness"], cmp.cell_rows(tmp_path))
+    res = tables.table_data(rows, ["truthfulness"], cmp.cell_rows(tmp_path))
     isara = {r["row"]: r for r in res["rows"]}["isara-1"]
     assert isara["noise"][MC1] is True and isara["intervals"][MC1] == wilson(16, 30)
 
@@ -139,19 +140,19 @@ def test_compare_json_from_before_the_per_item_rows(tmp_path):
     """Only summaries: rates get Wilson from rate and n, the win rate a bootstrap over its counts;
     MC2 and ROUGE-L say there is no interval; rates are tested with Newcombe."""
     rows = three_rows(tmp_path)
-    res = cmp._table_data(rows, ["safety", "truthfulness", "instructions"], lambda row, suite: None)
+    res = tables.table_data(rows, ["safety", "truthfulness", "instructions"], lambda row, suite: None)
     by = {r["row"]: r for r in res["rows"]}
     assert by["isara-1"]["intervals"][SAFETY] == wilson(5, 50)
     assert by["isara-1"]["intervals"][WIN] == bootstrap_mean([1.0] * 30 + [0.5] * 5 + [0.0] * 5)
     assert by["isara-1"]["intervals"][MC2] is None and by["isara-1"]["noise"][MC2] is None
     assert by["isara-1"]["noise"][SAFETY] is False and by["icl-random"]["noise"][SAFETY] is True
     assert by["isara-1"]["noise"][MC1] is True  # unpaired: see test_pairing_needs_the_same_items
-    assert cmp.cell(by["isara-1"], MC2) == "0.790 [n/a]"
-    assert any(line.startswith("n/a: no interval") for line in cmp.legend(res))
+    assert tables.cell(by["isara-1"], MC2) == "0.790 [n/a]"
+    assert any(line.startswith("n/a: no interval") for line in tables.legend(res))
 
 
 def test_no_pretrained_row_no_marks(tmp_path):
     rows = three_rows(tmp_path)[1:]
-    res = cmp._table_data(rows, ["safety"], cmp.cell_rows(tmp_path))
+    res = tables.table_data(rows, ["safety"], cmp.cell_rows(tmp_path))
     assert res["baseline"] is None and all(v is None for r in res["rows"] for v in r["noise"].values())
-    assert not any("~" in line for line in cmp.legend(res))
+    assert not any("~" in line for line in tables.legend(res))

@@ -1,0 +1,46 @@
+"""Instruction following: AlpacaEval prompts, win rate against the pretrained model's own outputs
+(the paper's protocol) by a pairwise judge (default: ROUGE-L closeness to GPT-4's outputs), and
+alpaca_eval-format model_outputs.json for the official tooling. The pretrained answers are the
+plain model's: no adapter, demonstrations or gate."""
+
+from __future__ import annotations
+
+from ..stats import bootstrap_mean
+from . import datasets as ds
+from .protocol import Column, field, subset
+
+NAME = "instructions"
+NEEDS = ("alpaca_eval",)
+SIZES = {"alpaca_eval": 50}
+
+
+def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict], list[dict], list[dict]]:
+    """(summary, rows, model outputs and pretrained outputs in alpaca_eval's format)."""
+    items = subset(ds.alpaca_eval(data), sizes["alpaca_eval"], key=lambda r: r["dataset"])
+    instr = [r["instruction"] for r in items]
+    outputs = ev.answer(instr, "instructions: model")
+    base = ev.pretrained_answers(instr, "instructions: pretrained", outputs)
+    prefs = judge.prefer(instr, outputs, base, [r["reference"] for r in items])
+    rows = [{"instruction": i, "output": o, "pretrained": b, "reference": r["reference"], "dataset": r["dataset"],
+             "preference": p, **ev.demo_ids(i)} for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
+    n = max(1, len(rows))
+    summary = {"judge": judge.name, "win_rate_vs_pretrained": sum(prefs) / n,
+               "win_rate_vs_pretrained_ci": bootstrap_mean(prefs),  # ties count 0.5: a bootstrap, not Wilson
+               "wins": sum(p == 1.0 for p in prefs), "ties": sum(p == 0.5 for p in prefs),
+               "losses": sum(p == 0.0 for p in prefs), "n": len(rows)}
+    fmt = [{"instruction": i, "output": o, "generator": ev.label, "dataset": r["dataset"]}
+           for i, o, r in zip(instr, outputs, items)]
+    fmt_base = [{"instruction": i, "output": o, "generator": "pretrained", "dataset": r["dataset"]}
+                for i, o, r in zip(instr, base, items)]
+    return summary, rows, fmt, fmt_base
+
+
+COLUMNS = [
+    Column("win rate vs pretrained ↑", NAME, lambda s: (s, "win_rate_vs_pretrained"), "pct",
+           field("preference", "instruction"), False,
+           lambda s: [1.0] * s["wins"] + [0.5] * s["ties"] + [0.0] * s["losses"], lambda s: s["n"]),
+]
+
+
+def sizes_text(s: dict) -> str:
+    return f"AlpacaEval {s['n']}"

@@ -1,0 +1,128 @@
+"""What every suite shares: fixed subsets, greedy answers in the model's chat template (with the
+ICL baselines' demonstrations or the refusal gate where asked), and the Column a suite's metric
+is shown in (tables.py renders every table from these)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from typing import Callable, NamedTuple
+
+from ..backends.base import Sampling
+from ..gate import apply_gate
+from ..prompts import cut
+from ..ui import UI
+
+
+class Column(NamedTuple):
+    name: str                     # arrows say which way is better
+    suite: str
+    where: Callable               # suite summary -> (the dict holding the value, its key)
+    kind: str                     # how stats.show writes it
+    items: Callable               # the suite's per-item rows (SUITE.jsonl) -> [(item key, value)]
+    rate: bool                    # yes/no items (Wilson); else a bootstrap of the mean
+    from_summary: Callable | None  # summary -> per-item values rebuilt from its counts (order lost)
+    n: Callable                   # suite summary -> how many items the value is over
+    in_compare: bool = True       # also a column of `isara compare` (eight fit in 140 characters)
+
+    def value(self, summary: dict):
+        d, key = self.where(summary)
+        return d[key]
+
+    def stored_ci(self, summary: dict) -> list[float] | None:
+        """The interval the evaluation stored beside the value (KEY_ci), if it did."""
+        d, key = self.where(summary)
+        return d.get(f"{key}_ci")
+
+
+def ones(rate: float, n: int) -> list[float]:
+    k = round(rate * n)
+    return [1.0] * k + [0.0] * (n - k)
+
+
+def field(name: str, key: str, set_name: str | None = None):
+    """rows -> [(row[key], float(row[name]))] for the rows of one set (all rows when set_name is None)."""
+    return lambda rows: [(r[key], float(r[name])) for r in rows if set_name is None or r.get("set") == set_name]
+
+
+def subset(items: list, n: int | None, key=lambda r: "", seed: int = 0) -> list:
+    """n items, the same every time, each category represented in proportion to its size.
+    Items are ordered within their category by a seeded shuffle and then by relative rank, so
+    taking a prefix keeps the proportions."""
+    if n is None or n >= len(items):
+        return list(items)
+    groups: dict[str, list] = defaultdict(list)
+    for it in items:
+        groups[key(it)].append(it)
+    ranked = []
+    for g, members in sorted(groups.items()):
+        random.Random(f"{seed}:{g}").shuffle(members)
+        ranked += [((i + 0.5) / len(members), g, i, m) for i, m in enumerate(members)]
+    ranked.sort(key=lambda x: x[:3])
+    return [m for *_, m in ranked[:n]]
+
+
+class Answerer:
+    """Greedy answers of one model (+ adapter) for every suite.
+
+    demos: the ICL baselines' callable, questions -> one list of demonstration Samples per
+    question; answers then see them as earlier turns. gate: a gate.Gate deciding refuse or answer
+    (single-turn answers only)."""
+
+    def __init__(self, backend, renderer, label: str, max_tokens: int = 200, batch_size: int = 16,
+                 ui: UI | None = None, embedder=None, demos=None, gate=None, adapter=None):
+        self.backend, self.renderer, self.label, self.adapter = backend, renderer, label, adapter
+        self.demos, self.gate = demos, gate
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.ui = ui or UI()
+        self._embedder = embedder
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from ..retrieval import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def prompts(self, questions: list[str]) -> list[str]:
+        """Rendered prompts: single-turn, or after this evaluator's demonstrations."""
+        if self.demos is None:
+            return [self.renderer.chat_prompt(q) for q in questions]
+        return [self.renderer.answer_prompt(d, q) for d, q in zip(self.demos(questions), questions)]
+
+    def demo_ids(self, question: str) -> dict:
+        """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
+        return {} if self.demos is None else {"demos": [d.id for d in self.demos([question])[0]]}
+
+    def answer(self, questions: list[str], what: str) -> list[str]:
+        """Greedy answers in the model's chat template, cut at the next turn."""
+        sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
+        out = []
+        with self.ui.stage(what, len(questions)) as update:
+            t0, toks = time.time(), 0
+            for i in range(0, len(questions), self.batch_size):
+                chunk = questions[i:i + self.batch_size]
+                gens = self.backend.generate(self.prompts(chunk), sampling)
+                texts = [cut(g.text) for g in gens]
+                if self.gate is not None and self.demos is None:
+                    gated = apply_gate(self.backend, self.renderer, self.gate, self.embedder, chunk, texts, sampling)
+                    texts = [r["response"] for r in gated]
+                out += texts
+                toks += sum(g.completion_tokens for g in gens)
+                update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})
+        return out
+
+    def pretrained_answers(self, questions: list[str], what: str, own: list[str]) -> list[str]:
+        """The same questions answered by the pretrained model alone (no adapter, demos or gate);
+        `own` (this model's answers) where that is this model."""
+        if self.adapter is None and self.demos is None and self.gate is None:
+            return list(own)
+        self.backend.load(None)
+        demos, gate, self.demos, self.gate = self.demos, self.gate, None, None
+        try:
+            return self.answer(questions, what)
+        finally:
+            self.demos, self.gate = demos, gate
+            self.backend.load(self.adapter)
