@@ -56,7 +56,8 @@ def all_reduce_sum(params, loss: float, tokens: int) -> tuple[float, int]:
 def train_processes(model: str, examples, config, learning_rate: float, adapter_in: Path | None, adapter_out: Path,
                     seed: int, device: str, threads: int, on_step=None):
     """Run one training job on config.processes processes; returns the TrainResult of process 0."""
-    from .backends.base import TrainResult, default_threads
+    from .backends.base import default_threads
+    from .training import TrainResult
 
     n = config.processes
     per = max(1, default_threads(threads) // n) if device != "cuda" else 1

@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 from .adapters import merge_gguf, mlx_num_layers, peft_to_gguf, peft_to_mlx, read_peft, write_mlx_adapter
-from .rundir import run_adapter
 from .errors import IsaraError
 from .files import writing_dir
 from .gate import FILE as GATE_FILE, load_gate
 from .models import load_card
+from .rundir import run_adapter
 
 FORMATS = ("peft", "gguf-adapter", "merged-gguf", "mlx")
 

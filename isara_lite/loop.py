@@ -12,7 +12,6 @@ from .backends.base import Sampling, create_backend, peak_memory_mb, resolve_pre
 from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import CHECK_TITLE, check_rows, run_check, summarize
-from .refusal import is_refusal
 from .files import append_jsonl, atomic_write_json, read_jsonl_tolerant, write_jsonl
 from .gate import FILE as GATE_FILE, apply_gate, fit_gate
 from .generation import generate_batch
@@ -20,6 +19,7 @@ from .models import load_card
 from .preference import preference_stage
 from .prompts import Renderer, get_format
 from .recipe import Recipe
+from .refusal import is_refusal
 from .retrieval import Embedder, Pool
 from .rundir import RunDir, prepare_run, stage_done
 from .selection import balanced, best_iteration, split_seeds

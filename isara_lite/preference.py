@@ -25,16 +25,17 @@ import shutil
 import time
 from pathlib import Path
 
-from .backends.base import Sampling, TrainResult
+from .backends.base import Sampling
 from .data import Sample
 from .errors import IsaraError
-from .refusal import is_refusal
 from .files import append_jsonl, atomic_write_json, read_jsonl_tolerant, write_jsonl, writing_dir
 from .filters import Consistency
 from .generation import answer_demos, seed_for, within_budget
 from .prompts import cut
+from .refusal import is_refusal
 from .retrieval import Pool
 from .rundir import stage_done
+from .training import TrainResult
 
 
 def contrast_items(seeds: list[Sample], kept: list[Sample], classifier: Consistency, use_seeds: bool) -> list[dict]:

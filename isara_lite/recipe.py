@@ -60,6 +60,8 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
     precision: str = opt("auto", "auto, fp32 or bf16 matrix math in torch training (auto: bf16 on CUDA and "
                                  "on CPUs with AMX); LoRA weights, optimizer and adapter stay fp32")
+    group_by_length: bool = opt(False, "sort each window of 4 batches of the seeded order by length, so batches pad "
+                                       "less (training.fit; not unsloth)")
     max_steps: int = opt(0, "stop after this many steps (0: no cap); for smoke tests")
     processes: int = opt(1, "processes that train together (torchrun: gloo on CPU, NCCL with one GPU each on CUDA); "
                             "the same steps and loss as one process (distributed.py); torch and llamacpp backends")

@@ -15,13 +15,22 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from .backends.base import TrainResult
 from .files import writing_dir
 
 IGNORE = -100  # label value the loss skips
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
 
 
 def build_example(prompt_ids: list[int], answer_ids: list[int], eos_id: int, max_length: int):
@@ -80,15 +89,22 @@ class LoraSteps(Protocol):
         """Write the adapter (PEFT layout, fp32 tensors) into an empty directory."""
 
 
-def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+GROUP_WINDOW = 4  # batches whose rows are sorted by length together (as HF's group_by_length, 50)
+
+
+def batch_order(n: int, batch_size: int, seed: int, lengths: list[int] | None = None) -> Iterator[list[int]]:
     """Batches of example indices, one seeded permutation after another (a batch may span two);
-    every backend draws the same batches for the same seed."""
+    every backend draws the same batches for the same seed. With lengths, each window of
+    GROUP_WINDOW batches of a permutation is sorted longest first, so a batch pads less."""
     rng = random.Random(seed)
     order: list[int] = []
     while True:
         if len(order) < batch_size:
             perm = list(range(n))
             rng.shuffle(perm)
+            if lengths is not None:
+                w = batch_size * GROUP_WINDOW
+                perm = [i for at in range(0, n, w) for i in sorted(perm[at:at + w], key=lambda i: -lengths[i])]
             order += perm
         batch, order = order[:batch_size], order[batch_size:]
         yield batch
@@ -101,7 +117,8 @@ def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: P
     takes every world-th row of a batch and `update` sums the gradients."""
     data = [build_example(*steps.encode(p, a), config.max_length) for p, a in examples]
     total = total_steps(len(data), config)
-    batches = batch_order(len(data), config.batch_size, seed)
+    batches = batch_order(len(data), config.batch_size, seed,
+                          [len(ids) for ids, _ in data] if config.group_by_length else None)
     losses, seen, start = [], 0, time.time()
     for step in range(total):
         lr = lr_at(step, total, learning_rate, config.warmup_ratio, config.schedule)

@@ -129,3 +129,33 @@ def test_iteration_lr_default_decay_is_half():
     assert iteration_lr(cfg, 2) == pytest.approx(cfg.learning_rate / 2)
     assert iteration_lr(TrainConfig(lr_decay=1.0), 5) == pytest.approx(cfg.learning_rate)
     assert math.isclose(iteration_lr(cfg, 1), cfg.learning_rate)
+
+
+def test_batch_order_covers_every_example_once_per_epoch_and_is_seeded():
+    from isara_lite.training import batch_order
+
+    first = [next(g) for g in [batch_order(10, 4, 3)] for _ in range(5)]
+    assert first == [b for g in [batch_order(10, 4, 3)] for b in [next(g) for _ in range(5)]]
+    flat = [i for b in first for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert all(len(b) == 4 for b in first)
+    assert first != [next(g) for g in [batch_order(10, 4, 4)] for _ in range(5)]
+
+
+def test_grouped_batches_pad_less_and_keep_each_epoch_whole():
+    import random
+
+    from isara_lite.training import GROUP_WINDOW, batch_order
+
+    lengths = [random.Random(i).randint(20, 200) for i in range(64)]
+    plain, grouped = batch_order(64, 8, 0), batch_order(64, 8, 0, lengths)
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    a, b = [next(plain) for _ in range(8)], [next(grouped) for _ in range(8)]
+    assert sorted(i for x in b for i in x) == list(range(64))
+    # the same examples fall in each window of GROUP_WINDOW batches, only regrouped by length
+    for w in range(0, 8, GROUP_WINDOW):
+        assert sorted(i for x in a[w:w + GROUP_WINDOW] for i in x) == sorted(i for x in b[w:w + GROUP_WINDOW] for i in x)
+    assert padding(b) < 0.6 * padding(a)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import resource
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 from ..errors import IsaraError
+from ..training import TrainResult
 
 
 @dataclass
@@ -34,15 +35,6 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass
-class TrainResult:
-    adapter: Path
-    steps: int
-    losses: list[float] = field(default_factory=list)
-    tokens: int = 0
-    seconds: float = 0.0
 
 
 # on_step(step, total_steps, loss, learning_rate, tokens_in_step)

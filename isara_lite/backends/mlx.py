@@ -14,8 +14,8 @@ import numpy as np
 
 from ..adapters import mlx_num_layers, mlx_to_peft, peft_to_mlx, read_peft, write_peft
 from ..errors import IsaraError
-from ..training import IGNORE, fit
-from .base import Generation, Sampling, TrainResult, default_threads
+from ..training import IGNORE, TrainResult, fit
+from .base import Generation, Sampling, default_threads
 
 
 MAX_ROWS = 16  # sequences decoded together (their KV caches live at once), as the llamacpp backend's max_seqs

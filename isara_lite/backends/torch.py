@@ -13,8 +13,8 @@ from transformers import LogitsProcessor
 from ..adapters import require_peft
 from ..distributed import all_reduce_sum, process_group
 from ..errors import IsaraError
-from ..training import IGNORE, fit
-from .base import Generation, Sampling, TrainResult, default_threads, resolve_precision
+from ..training import IGNORE, TrainResult, fit
+from .base import Generation, Sampling, default_threads, resolve_precision
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 
 

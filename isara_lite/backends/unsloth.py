@@ -53,8 +53,8 @@ import torch
 
 from ..errors import IsaraError
 from ..files import writing_dir
-from ..training import IGNORE, build_example, lr_at, total_steps
-from .base import Generation, Sampling, TrainResult, default_threads
+from ..training import IGNORE, TrainResult, build_example, lr_at, total_steps
+from .base import Generation, Sampling, default_threads
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 from .torch import decode_rows, generate_kwargs
 
