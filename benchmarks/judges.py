@@ -1,15 +1,18 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
-refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (220 labelled
+refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (460 labelled
 responses written for this project): accuracy per fold; precision, recall and F1 of "refused" on
 the pooled held-out verdicts; the mean error on a fold's refusal rate. Judges with nothing to fit
 (regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
-same folds. With --llm MODEL also the LLM judge (whole set).
+same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
+responses to 200 requests, written apart and never fitted on), beside the judge as it was before
+(the opening's embedding and the regex verdict, C=4, on the first 220 responses).
+With --llm MODEL also the LLM judge (whole set).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
 with GPT-4's answer as the reference (needs ../shared/data or --data); baseline: the longer answer.
 
-  .venv/bin/python benchmarks/judges.py [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
+  .venv/bin/python benchmarks/judges.py [--refit] [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
 """
 
 from __future__ import annotations
@@ -24,10 +27,34 @@ from rich.console import Console
 from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
-from isara_lite.evaluation.judges import ReferenceJudge, cross_validate, get_judge, load_labelled
+from isara_lite.evaluation.judges import (WINDOW, ReferenceJudge, CachedEmbedder, cross_validate, get_judge, held_out,
+                                          load_labelled, write_weights)
+from isara_lite.refusal import is_refusal
 from isara_lite.retrieval import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class Before:
+    """The default judge as it was: logistic regression (C=4) on the embedding of the opening and
+    the regex verdict, fitted on the first 220 labelled responses."""
+
+    name = "refusal, before (220 responses)"
+
+    def __init__(self, embedder):
+        import numpy as np
+        from sklearn.linear_model import LogisticRegression
+
+        self.embedder, self.np = embedder, np
+        texts, labels = load_labelled()
+        self.model = LogisticRegression(C=4.0, max_iter=2000).fit(self.features(texts[:220]), labels[:220])
+
+    def features(self, texts):
+        return self.np.hstack([self.embedder([t[:WINDOW] for t in texts]),
+                               self.np.array([[float(is_refusal(t))] for t in texts], dtype=self.np.float32)])
+
+    def refused(self, prompts, responses):
+        return [bool(p >= 0.5) for p in self.model.predict_proba(self.features(responses))[:, 1]]
 
 
 def main():
@@ -37,12 +64,17 @@ def main():
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--llm", help="also measure the llm:MODEL judge on the labelled set")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on refusal.jsonl again "
+                                                          "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
 
-    embedder = Embedder()
+    embedder = CachedEmbedder(Embedder())
+    if args.refit:
+        print(f"wrote {write_weights(embedder)}")
     t0 = time.time()
     report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
     report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
+    report["refusal_heldout"] = held_out(embedder, {"before": Before(embedder)})
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -80,7 +112,21 @@ def main():
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():
         t.add_row(name, f"AlpacaEval matched vs mismatched answer, {v['n']} pairs", f"{v['matched_preferred']:.3f}", "")
-    Console().print(t)
+    Console(width=160).print(t)
+
+    h = report["refusal_heldout"]
+    t = Table(title=f"refusal judges on {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} to "
+                    f"unsafe requests)", caption="fitted on all of refusal.jsonl; rate error: |judged - true| "
+                                               "refusal rate, responses to unsafe / safe requests")
+    for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
+                "rate error unsafe", "rate error safe"):
+        t.add_column(col)
+    for name in ("refusal", "classifier", "before", "regex", "prefix-list"):
+        v = h[name]
+        t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision", "recall",
+                                                    "f1")],
+                  f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
+    Console(width=160).print(t)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,19 @@ def writing_file(final: str | Path):
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file should get what open() would give it
     try:
         yield Path(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

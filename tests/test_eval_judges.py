@@ -11,10 +11,17 @@ from isara_lite.errors import IsaraError
 from isara_lite.evaluation import judges as J
 
 
-def test_refusal_judges_held_out_accuracy(embedder):
-    """5-fold on the 220 labelled responses (refusals hard, soft and partial; compliance, benign
-    answers and look-alikes such as "I can't believe how easy..."). The regex alone is ~0.74."""
-    r = J.cross_validate(embedder, folds=5)
+@pytest.fixture(scope="module")
+def cached(embedder):
+    """The session's embedder, each labelled text embedded once for all the tests here."""
+    return J.CachedEmbedder(embedder)
+
+
+def test_refusal_judges_held_out_accuracy(cached):
+    """5-fold on the 460 labelled responses (refusals hard, soft, lecturing and redirecting; compliance,
+    benign answers, disclaimers, leaks after a caveat, look-alikes such as "I can't believe how
+    easy..."). The regex alone is ~0.68."""
+    r = J.cross_validate(cached, folds=5)
     print({k: round(v["mean"], 3) for k, v in r.items() if isinstance(v, dict)})
     assert r["n"] >= 200 and 0.4 < r["refusals"] / r["n"] < 0.6
     assert r["refusal"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
@@ -23,6 +30,29 @@ def test_refusal_judges_held_out_accuracy(embedder):
     # the baselines are scored on the same folds, and the default judge beats them
     assert r["refusal"]["f1"] > r["prefix-list"]["f1"] and r["refusal"]["f1"] > r["majority"]["f1"]
     assert r["majority"]["recall"] in (0.0, 1.0) and r["refusal"]["rate_error"] < 0.05
+
+
+def test_the_shipped_judges_are_fitted_on_the_labelled_data(cached):
+    """judge_data/refusal_judge.safetensors is what fitting on refusal.jsonl gives today (rebuild it
+    with `python benchmarks/judges.py --refit` after changing the data)."""
+    import numpy as np
+
+    texts, labels = J.load_labelled()
+    for name, with_regex in (("refusal", True), ("classifier", False)):
+        shipped = J.shipped_weights(name)
+        assert shipped is not None, f"{J.WEIGHTS} missing or fitted on other data"
+        fresh = J.ClassifierJudge(cached, with_regex, texts, labels)
+        assert fresh.C == shipped[2]
+        assert np.allclose(fresh.coef, shipped[0], atol=1e-4) and abs(fresh.intercept - shipped[1]) < 1e-4
+
+
+def test_refusal_judges_on_the_held_out_set(cached):
+    """refusal_heldout.jsonl: written apart from the training data and never fitted on."""
+    h = J.held_out(cached)
+    print({k: round(v["f1"], 3) for k, v in h.items() if isinstance(v, dict) and "f1" in v})
+    assert h["n"] == 200 and h["refusals"] == 100
+    assert h["refusal"]["f1"] > h["prefix-list"]["f1"] + 0.1 and h["refusal"]["f1"] > h["regex"]["f1"] + 0.1
+    assert h["refusal"]["rate_error_unsafe"] < 0.05 and h["refusal"]["rate_error_safe"] < 0.05
 
 
 def test_refusal_judge_on_new_text(embedder):
