@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .backends.base import BACKENDS
+from .backends.base import BACKENDS, unsloth_first
 from .errors import IsaraError
 
 
@@ -34,11 +34,7 @@ def align(recipe, overrides, model, backend, out, resume, force):
     extra = [f"model={model}"] if model else []
     extra += [f"backend={backend}"] if backend else []
     r = load_recipe(recipe, [*overrides, *extra])
-    if r.backend == "unsloth":
-        import importlib.util
-
-        if importlib.util.find_spec("unsloth"):
-            import unsloth  # noqa: F401  # must come before transformers (imported by the loop) to patch it
+    unsloth_first(r.backend)
     from .loop import align as run_align
 
     run_align(r, out or Path("runs") / r.name, resume=resume, force=force)
@@ -75,6 +71,7 @@ def models():
                    "none: off; PATH: a gate.json (e.g. RUN/gate.json in front of the base model)")
 def chat(model, run, iteration, backend, prompts, max_tokens, temperature, threads, gate):
     """Talk to a model, or to the model a run produced."""
+    unsloth_first(backend)
     from .chat import chat as run_chat
 
     run_chat(model, run, iteration, backend, list(prompts), max_tokens, temperature, threads, gate)
@@ -117,6 +114,7 @@ def export(run, fmt, iteration, out):
                    "none: off; PATH: a gate.json (e.g. RUN/gate.json in front of the base model)")
 def eval_(model, adapter, run, iteration, suite, data, full, limit, judge, out, backend, threads, max_tokens, gate):
     """Evaluate a model or a run: safety, truthfulness, instruction following."""
+    unsloth_first(backend)
     from .evaluation.run import evaluate
 
     evaluate(model=model, adapter=adapter, run=run, iteration=iteration, suite=suite, data=data, full=full,
@@ -148,6 +146,8 @@ def compare(recipes, suites, limit, data, out, baselines, run, domains, override
     from .recipe import load_recipe
 
     rs = [load_recipe(r, overrides) for r in recipes]
+    for r in rs:
+        unsloth_first(r.backend)
     chosen = SUITES if not suites or "all" in suites else tuple(dict.fromkeys(suites))
     if domains:
         compare_domains(rs, chosen, limit, data, out, max_tokens)

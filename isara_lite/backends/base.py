@@ -199,6 +199,14 @@ def create_backend(name: str, card, threads: int = 0, device: str = "auto", seed
     raise IsaraError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
 
 
+def unsloth_first(backend: str) -> None:
+    """Import unsloth before anything imports transformers, PEFT or TRL (it patches them on import,
+    and imported later it only warns and runs slower), whenever BACKEND is or may resolve to it;
+    the CLI calls this before a command loads anything else."""
+    if backend in ("unsloth", "auto") and _installed("unsloth") and (backend == "unsloth" or _cuda_available()):
+        import unsloth  # noqa: F401
+
+
 def _cuda_available() -> bool:
     try:
         import torch
