@@ -4,6 +4,8 @@
                            loss from the model's own forward (every position through the vocabulary);
                            bf16 is the Trainer's `bf16=True` (CPU autocast)
   isara-fp32 / isara-bf16  this project's torch training (training.precision fp32 / bf16)
+  isara-fp32-grouped       the same with training.group_by_length (batches sorted by length
+                           within windows of 4)
 
 Same examples (the recipe's seeds as chat prompts, answer-only labels), batch size, epochs, learning
 rate, schedule, LoRA settings and thread count in every mode. Each mode runs in a fresh process, so
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("hf-fp32", "hf-bf16", "isara-fp32", "isara-bf16")
+MODES = ("hf-fp32", "hf-bf16", "isara-fp32", "isara-bf16", "isara-fp32-grouped")
 
 
 def examples(recipe):
@@ -135,7 +137,8 @@ def one(mode: str, args) -> dict:
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml", args.overrides)
     card, pairs = examples(recipe)
-    kind, precision = mode.split("-")
+    kind, precision, *grouped = mode.split("-")
+    recipe.training.group_by_length = bool(grouped)
     r = (run_isara if kind == "isara" else run_hf)(precision, recipe, card, pairs, args.threads)
     r.update(mode=mode, precision=precision, tokens_per_s=r["tokens"] / r["seconds"], examples=len(pairs))
     return r
@@ -164,10 +167,9 @@ def main():
     for r in results.values():
         if base:
             r["speedup_vs_hf_fp32"] = r["tokens_per_s"] / base["tokens_per_s"]
-    for p in ("fp32", "bf16"):  # equal precision
-        if f"hf-{p}" in results and f"isara-{p}" in results:
-            results[f"isara-{p}"]["speedup_vs_hf_same_precision"] = \
-                results[f"isara-{p}"]["tokens_per_s"] / results[f"hf-{p}"]["tokens_per_s"]
+    for mode, r in results.items():  # equal precision
+        if mode.startswith("isara-") and f"hf-{r['precision']}" in results:
+            r["speedup_vs_hf_same_precision"] = r["tokens_per_s"] / results[f"hf-{r['precision']}"]["tokens_per_s"]
     report = {"threads": args.threads, "overrides": args.overrides, "results": results}
     print(json.dumps(report, indent=2))
     from rich.console import Console
