@@ -129,7 +129,8 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
 
 
 def results_table(results: dict, out: Path, ui: UI) -> None:
-    """Every value with its 95% interval, from the per-item rows just written to OUT/SUITE.jsonl."""
+    """Every value with its 95% interval: the one stored with it, else one from the per-item rows in
+    OUT/SUITE.jsonl (results written before the intervals were stored)."""
     def rows_of(_row, suite):
         try:
             return [r for _, r in read_records(out / f"{suite}.jsonl")]
