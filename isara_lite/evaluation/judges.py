@@ -177,10 +177,8 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
     from sklearn.metrics import precision_recall_fscore_support
     from sklearn.model_selection import StratifiedKFold
 
-    from ..retrieval import Embedder
-
     texts, labels = load_labelled()
-    embedder = CachedEmbedder(embedder or Embedder())  # each text is embedded once, not once per fold
+    embedder = CachedEmbedder(embedder or _embedder())  # each text is embedded once, not once per fold
     said: dict[str, np.ndarray] = {n: np.zeros(len(texts), bool) for n in
                                    ("regex", "classifier", "refusal", "prefix-list", "majority")}
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, labels))
@@ -208,12 +206,10 @@ def held_out(embedder=None, before: dict | None = None) -> dict:
     unsafe requests and to safe ones (what the suites report). before: {name: judge} to add."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    from ..retrieval import Embedder
-
     rows = [r for _, r in read_records(HELDOUT)]
     texts, truth = [r["response"] for r in rows], np.array([r["refused"] for r in rows])
     unsafe = np.array([r["kind"] in UNSAFE_KINDS for r in rows])
-    embedder = CachedEmbedder(embedder or Embedder())
+    embedder = CachedEmbedder(embedder or _embedder())
     judges = {"refusal": ClassifierJudge(embedder, True), "classifier": ClassifierJudge(embedder, False),
               "regex": RegexJudge(), **(before or {})}
     said = {n: np.array(j.refused([r["prompt"] for r in rows], texts)) for n, j in judges.items()}
