@@ -15,7 +15,7 @@ from pathlib import Path
 from .compare import cell_rows
 from .errors import IsaraError
 from .evaluation.check import CHECK_TITLE, check_rows
-from .evaluation.tables import BY_NAME, annotate, legend, markdown, table
+from .evaluation.tables import BY_NAME, annotate, legend, markdown, md_table, table
 from .files import atomic_write_text
 from .filters import FILTERS
 from .loop import iteration_rows
@@ -177,11 +177,6 @@ def plot_loss(losses: dict[int, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-           ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def report(run: Path, compare_dir: Path | None = None, out: Path | None = None, ui: UI | None = None) -> Path:
     ui = ui or UI()
     run = Path(run)
@@ -198,7 +193,7 @@ def report(run: Path, compare_dir: Path | None = None, out: Path | None = None, 
     if its:
         ui.table("ISARA iterations", *iteration_rows(its))
         md += ["## Samples per iteration", ""]
-        md += _md_table(*iteration_rows(its))
+        md += md_table(*iteration_rows(its))
         plot_samples(rows, out / "samples.png")
         md += ["", "A candidate can fail several filters, so the failed counts can add up to more than "
                    "generated - kept.", "", "![samples](samples.png)", ""]
@@ -206,7 +201,7 @@ def report(run: Path, compare_dir: Path | None = None, out: Path | None = None, 
     if checks:
         ui.table(CHECK_TITLE, *check_rows(checks), caption="in brackets: the 95% Wilson interval")
         md += [f"## {CHECK_TITLE}", ""]
-        md += _md_table(*check_rows(checks))
+        md += md_table(*check_rows(checks))
         plot_check(rows, out / "check.png")
         md += ["", "In brackets: the 95% Wilson interval.", "", "![check](check.png)", ""]
     if compare:

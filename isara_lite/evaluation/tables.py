@@ -142,11 +142,16 @@ def metric_table(result: dict, title: str, caption: str = "") -> Table:
     return t
 
 
+def md_table(header: list[str], rows: list[list[str]], numeric_from: int | None = None) -> list[str]:
+    """A markdown table; columns from numeric_from on are right-aligned."""
+    align = ["---:" if numeric_from is not None and i >= numeric_from else "---" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown(result: dict) -> list[str]:
     """The markdown table and its legend (README tables are pasted from it)."""
-    md = ["| row | " + " | ".join(result["columns"]) + " |", "|---|" + "---:|" * len(result["columns"])]
-    md += ["| " + r["label"] + " | " + " | ".join(cell(r, c) for c in result["columns"]) + " |"
-           for r in result["rows"]]
+    md = md_table(["row", *result["columns"]],
+                  [[r["label"], *[cell(r, c) for c in result["columns"]]] for r in result["rows"]], numeric_from=1)
     for line in legend(result):  # a paragraph each
         md += ["", line]
     return md
