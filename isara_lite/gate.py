@@ -80,7 +80,9 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both") -> Gate:
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from .stats import logistic_cv
 
     y = np.array([is_refusal(s.response) for s in seeds])
     if min(y.sum(), (~y).sum()) < 3:
@@ -88,10 +90,9 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both") -> Gate:
                          f"the gate needs at least 3 of each to learn which questions are refused")
     x = embedder([s.prompt for s in seeds])
     folds = StratifiedKFold(min(5, int(y.sum()), int((~y).sum())), shuffle=True, random_state=seed)
-    search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": np.logspace(-4, 4, 10)}, cv=folds,
-                          scoring="neg_log_loss").fit(x, y)
-    c, model = float(search.best_params_["C"]), search.best_estimator_
-    oof = cross_val_predict(LogisticRegression(C=c, max_iter=2000), x, y, cv=folds, method="predict_proba")[:, 1]
+    model = logistic_cv(x, y, np.logspace(-4, 4, 10), folds)
+    c = float(model.C)
+    oof = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, cv=folds, method="predict_proba")[:, 1]
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
     return Gate(weights=[float(w) for w in model.coef_[0]], bias=float(model.intercept_[0]), C=c,

@@ -111,3 +111,13 @@ def show(value: float | None, kind: str, ci=None) -> str:
     if value is None or not ci:
         return show_value(value, kind)
     return f"{show_value(value, kind)} {show_interval(ci, kind)}"
+
+
+def logistic_cv(x, y, cs, folds):
+    """The logistic regression whose C (one of cs) has the best cross-validated log loss on folds,
+    refitted on all of x: the seeds' refusal gate and the refusal judge are both fitted this way."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(cs)}, cv=folds, scoring="neg_log_loss")
+    return search.fit(x, y).best_estimator_

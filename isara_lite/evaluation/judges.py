@@ -80,8 +80,9 @@ class ClassifierJudge:
     (and these features by cross-validation on it too: README, Evaluation)."""
 
     def __init__(self, embedder=None, with_regex: bool = True, texts=None, labels=None):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from sklearn.model_selection import StratifiedKFold
+
+        from ..stats import logistic_cv
 
         self.name = "refusal" if with_regex else "classifier"
         self.embedder = embedder or _embedder()
@@ -92,9 +93,8 @@ class ClassifierJudge:
                 self.coef, self.intercept, self.C = shipped
                 return
             texts, labels = load_labelled()
-        search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": np.logspace(-2, 3, 11)}, scoring="neg_log_loss",
-                              cv=StratifiedKFold(5, shuffle=True, random_state=0))
-        model = search.fit(self.features(texts), labels).best_estimator_
+        model = logistic_cv(self.features(texts), labels, np.logspace(-2, 3, 11),
+                            StratifiedKFold(5, shuffle=True, random_state=0))
         self.coef, self.intercept, self.C = model.coef_[0], float(model.intercept_[0]), float(model.C)
 
     def features(self, texts: list[str]) -> np.ndarray:
