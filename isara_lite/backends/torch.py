@@ -254,6 +254,10 @@ class TorchSteps:
 
         if adapter_in is not None:
             require_peft(adapter_in)
+        precision, _ = resolve_precision(config.precision, backend.device)
+        if precision == "fp32" and backend.dtype != torch.float32:
+            raise IsaraError(f"training.precision fp32: the torch backend holds this model in {backend.dtype} on "
+                             f"{backend.device}; use precision auto or bf16")
         self.backend = backend
         base = backend._base()
         torch.manual_seed(backend.seed)  # LoRA init and dropout: a resumed run must train the same adapter
@@ -268,11 +272,6 @@ class TorchSteps:
             model.enable_input_require_grads()
         self.model = model.train()
         backend.model = model  # a failed step leaves the backend on this model; load() unloads it
-
-        precision, _ = resolve_precision(config.precision, backend.device)
-        if precision == "fp32" and backend.dtype != torch.float32:
-            raise IsaraError(f"training.precision fp32: the torch backend holds this model in {backend.dtype} on "
-                             f"{backend.device}; use precision auto or bf16")
         # bf16 matmuls (oneDNN's AMX / avx512_bf16 kernels on CPU); weights, LoRA, optimizer stay fp32
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16) \
             if precision == "bf16" and backend.device == "cpu" else contextlib.nullcontext()

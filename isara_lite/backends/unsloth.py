@@ -13,8 +13,8 @@ How it differs from `training.fit` (which torch, llamacpp and mlx use), and why:
 is TRL's seeded sampler, not `training.batch_order`, so the same seed draws other batches; the
 trainer's own loop does accumulation and mixed precision (bf16 autocast, or fp16 with a loss
 scaler on GPUs without bf16), which Unsloth patches (its gradient-accumulation loss fix); and one
-process only. Unsloth's kernels are tested by its authors through this trainer, and no GPU was at
-hand to check a hand-written loop over them, so this backend keeps TRL's.
+process only. No GPU was at hand to check a hand-written loop over Unsloth's kernels, so this
+backend keeps the trainer Unsloth patches.
 
 Weights: `card.hf_source()` (a local HF dir, or the card's hub id). For a hub id in 4-bit, Unsloth's
 own name map substitutes its pre-quantized copy (meta-llama/Llama-2-7b-hf ->
