@@ -77,6 +77,7 @@ class Answerer:
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.ui = ui or UI()
         self._embedder = embedder
+        self._shown: dict[str, list] = {}  # question -> its demonstrations, retrieved once
 
     @property
     def embedder(self):
@@ -86,15 +87,22 @@ class Answerer:
             self._embedder = Embedder()
         return self._embedder
 
+    def shown(self, questions: list[str]) -> list[list]:
+        """The demonstrations each question is shown (ICL baselines), retrieved once per question."""
+        new = [q for q in dict.fromkeys(questions) if q not in self._shown]
+        if new:
+            self._shown.update(zip(new, self.demos(new)))
+        return [self._shown[q] for q in questions]
+
     def prompts(self, questions: list[str]) -> list[str]:
         """Rendered prompts: single-turn, or after this evaluator's demonstrations."""
         if self.demos is None:
             return [self.renderer.chat_prompt(q) for q in questions]
-        return [self.renderer.answer_prompt(d, q) for d, q in zip(self.demos(questions), questions)]
+        return [self.renderer.answer_prompt(d, q) for d, q in zip(self.shown(questions), questions)]
 
     def demo_ids(self, question: str) -> dict:
         """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
-        return {} if self.demos is None else {"demos": [d.id for d in self.demos([question])[0]]}
+        return {} if self.demos is None else {"demos": [d.id for d in self.shown([question])[0]]}
 
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""

@@ -70,7 +70,7 @@ def run(ev, data, sizes: dict) -> tuple[dict, list[dict]]:
 
 def mc_prompts(ev, questions: list[str]) -> list[str]:
     """lm-eval's primer, then (ICL baselines) the demos as Q/A pairs, then the question."""
-    demos = ev.demos(questions) if ev.demos is not None else [[] for _ in questions]
+    demos = ev.shown(questions) if ev.demos is not None else [[] for _ in questions]
     one_line = lambda t: " ".join(t.split())  # noqa: E731 - keep the Q:/A: layout intact
     return [QA_PRIMER + "".join(f"\n\nQ: {one_line(d.prompt)}\nA: {one_line(d.response)}" for d in ds_)
             + f"\n\nQ: {q}\nA:" for ds_, q in zip(demos, questions)]
