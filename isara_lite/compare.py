@@ -20,11 +20,10 @@ import json
 from pathlib import Path
 
 from . import baselines as bl
-from .data import read_records
 from .errors import IsaraError
 from .evaluation import datasets as ds
 from .evaluation.run import NEEDS, SUITES, evaluate
-from .evaluation.tables import legend, markdown, table, table_data
+from .evaluation.tables import legend, markdown, stored_rows, table, table_data
 from .files import atomic_write_json, atomic_write_text
 from .loop import align, load_seeds
 from .models import load_card
@@ -42,13 +41,7 @@ def cell_dir(out: Path, row: str, suite: str) -> Path:
 
 def cell_rows(out: Path):
     """(row, suite) -> the per-item rows that cell's evaluation wrote (SUITE.jsonl), None if not there."""
-    def rows(row: str, suite: str) -> list[dict] | None:
-        try:
-            return [r for _, r in read_records(cell_dir(out, row, suite) / f"{suite}.jsonl")]
-        except IsaraError:
-            return None
-
-    return rows
+    return lambda row, suite: stored_rows(cell_dir(out, row, suite) / f"{suite}.jsonl")
 
 
 class Cells:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..adapters import require_peft
 from ..backends.base import create_backend
-from ..data import read_records
 from ..errors import IsaraError
 from ..files import atomic_write_json, write_jsonl
 from ..gate import choose_gate
@@ -30,7 +29,7 @@ from ..ui import UI
 from . import datasets as ds, instructions, safety, truthfulness
 from .judges import PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
 from .protocol import Answerer
-from .tables import legend, metric_table, table_data
+from .tables import legend, metric_table, stored_rows, table_data
 
 SUITES = ("safety", "truthfulness", "instructions")
 MODULES = {"safety": safety, "truthfulness": truthfulness, "instructions": instructions}
@@ -131,15 +130,9 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
 def results_table(results: dict, out: Path, ui: UI) -> None:
     """Every value with its 95% interval: the one stored with it, else one from the per-item rows in
     OUT/SUITE.jsonl (results written before the intervals were stored)."""
-    def rows_of(_row, suite):
-        try:
-            return [r for _, r in read_records(out / f"{suite}.jsonl")]
-        except IsaraError:
-            return None
-
     judges = [f"{s} judge: {x['judge']}" for s, x in results["suites"].items() if "judge" in x]
-    data = table_data([("model", results["label"], results["suites"])], list(results["suites"]), rows_of,
-                      compare_only=False)
+    data = table_data([("model", results["label"], results["suites"])], list(results["suites"]),
+                      lambda _row, suite: stored_rows(out / f"{suite}.jsonl"), compare_only=False)
     ui.console.print(metric_table(data, f"isara eval: {results['label']} ({results['backend']}, greedy, "
                                         f"{results['max_tokens']} tokens)", "; ".join(judges)))
     for line in legend(data):

@@ -7,9 +7,13 @@ same items)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 from rich.text import Text
 
+from ..data import read_records
+from ..errors import IsaraError
 from ..stats import bootstrap_mean, show_interval, show_value, wilson, within_noise
 from . import instructions, safety, truthfulness
 from .protocol import Column
@@ -18,6 +22,14 @@ SUITE_MODULES = {m.NAME: m for m in (safety, truthfulness, instructions)}
 COLUMNS: list[Column] = [c for m in SUITE_MODULES.values() for c in m.COLUMNS]
 BY_NAME = {c.name: c for c in COLUMNS}
 BASELINE = "pretrained"  # the row every other row's differences are tested against
+
+
+def stored_rows(path: Path) -> list[dict] | None:
+    """The per-item rows an evaluation wrote (SUITE.jsonl), or None where there are none to read."""
+    try:
+        return [r for _, r in read_records(path)]
+    except IsaraError:
+        return None
 
 
 def table_data(rows, suites, rows_of, compare_only: bool = True) -> dict:
