@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
+
+import tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,15 +38,24 @@ def card():
 
 
 @pytest.fixture(scope="session")
+def tiny_card():
+    """The tiny random model's card (tests/tiny_model.py): for tests of logic, not of what a model says."""
+    from isara_lite.models import load_card
+
+    return load_card(str(tiny_model.build()))
+
+
+@pytest.fixture(scope="session")
 def renderer(card):
     from isara_lite.prompts import Renderer, get_format
 
     return Renderer(get_format(card.chat_format), card.system)
 
 
-# A recipe small enough for CI: 1 iteration, 4 candidates, 3 training steps, 2+2 check prompts.
+# A recipe small enough for CI on the tiny random model: 1 iteration, 4 candidates, 3 training
+# steps, 2+2 check prompts. It tests the loop's logic; tests of what a model says use the real one.
 TINY = [
-    "iterations=1", "candidates=4", "demonstrations=3", "context_tokens=600", "backend=torch",
+    f"model={tiny_model.build()}", "iterations=1", "candidates=4", "demonstrations=3", "context_tokens=600", "backend=torch",
     "generation.batch_size=2", "generation.question_max_tokens=24", "generation.answer_max_tokens=24",
     "training.max_steps=3", "training.batch_size=4", "training.learning_rate=0.005",
     "check.limit=2", "check.max_tokens=16", "threads=2",
@@ -55,3 +71,23 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", TINY)
     return recipe, out, align(recipe, out)
+
+
+def isara(*args):
+    """Run `isara ARGS` through cli.main (what the `isara` script calls) in this process, so that tests
+    share one import of torch; its exit code, stdout and stderr, as subprocess.run gives them.
+    stderr is a real file: main() points faulthandler at it."""
+    from isara_lite.cli import main
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            mock.patch.object(sys, "argv", ["isara", *map(str, args)]), \
+            mock.patch.object(sys, "stdout", out), mock.patch.object(sys, "stderr", err):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            faulthandler.enable(sys.__stderr__)
+        out.seek(0), err.seek(0)
+        return SimpleNamespace(returncode=code, stdout=out.read(), stderr=err.read())

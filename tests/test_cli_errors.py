@@ -1,24 +1,28 @@
 """`isara align` on broken input and broken surroundings: exit code 2, one line on stderr naming the file
-(line, field), never a traceback. Each case runs the real command in a subprocess."""
+(line, field), never a traceback. Each case runs the command's real entry point (cli.main, what the
+`isara` script calls) in this process, so that the cases share one import of torch; test_interrupts
+runs the script itself in a subprocess."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from isara_lite.files import RunLock
 
+from conftest import isara
+
 REPO = Path(__file__).resolve().parent.parent
-ISARA = Path(sys.executable).parent / "isara"
 QUICK = REPO / "recipes" / "quickstart.yaml"
 
 
-def align(*args, cwd=None):
-    return subprocess.run([str(ISARA), "align", *map(str, args)], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+def align(*args):
+    return isara("align", *args)
 
 
 def one_line_error(proc, *needles):
@@ -78,9 +82,8 @@ def test_corrupt_model_file(tmp_path, backend):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * 4)  # right magic, garbage after
     env_home = tmp_path / "home"
-    proc = subprocess.run([str(ISARA), "align", str(QUICK), "--model", str(bad), "--backend", backend,
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "ISARA_HOME": str(env_home)})
+    with mock.patch.dict(os.environ, {"ISARA_HOME": str(env_home)}):
+        proc = align(QUICK, "--model", bad, "--backend", backend, "--out", tmp_path / "run")
     one_line_error(proc, "broken.gguf")
     assert not list(env_home.glob("hf/.*.tmp"))  # a failed conversion leaves no half-written copy
 

@@ -27,6 +27,8 @@ from isara_lite.training import lr_at
 
 from conftest import REPO
 
+pytestmark = pytest.mark.real_model  # the bundled model on every backend that runs here
+
 def _cuda() -> bool:
     try:
         import torch

@@ -2,10 +2,7 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +19,9 @@ from isara_lite.prompts import Renderer, get_format
 from isara_lite.stats import bootstrap_mean, wilson
 from isara_lite.ui import UI
 
+import tiny_model
+from conftest import isara
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -35,6 +35,7 @@ def test_mc_metrics_definitions():
     assert m["mc1"] == 1.0 and m["mc2"] == pytest.approx(0.75)  # stable far from 0
 
 
+@pytest.mark.real_model
 def test_multiple_choice_on_a_hand_made_set():
     """Two questions; in the second the 'true' answer is gibberish, so the model must get it wrong."""
     card = load_card("smollm2-135m-instruct")
@@ -114,11 +115,10 @@ def test_results_table_reads_results_from_before_the_intervals(tmp_path):
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
 def test_eval_cli_end_to_end(tmp_path):
+    """The files, rates and intervals `isara eval` writes (on the tiny model: their logic is under test)."""
     out = tmp_path / "eval"
-    env = {**os.environ, "ISARA_HOME": os.environ.get("ISARA_HOME", "/tmp/isara_home")}
-    r = subprocess.run([sys.executable, "-m", "isara_lite.cli", "eval", "--suite", "all", "--data", str(DATA),
-                        "--limit", "2", "--max-tokens", "24", "--threads", "2", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = isara("eval", "--model", tiny_model.build(), "--suite", "all", "--data", DATA, "--limit", "2",
+              "--max-tokens", "24", "--threads", "2", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert set(res["suites"]) == {"safety", "truthfulness", "instructions"}
@@ -140,12 +140,11 @@ def test_eval_cli_end_to_end(tmp_path):
     assert len(outputs) == 2 and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
     rows = [json.loads(x) for x in (out / "safety.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(isinstance(x["refused"], bool) and "response" in x for x in rows)
-    bad = subprocess.run([sys.executable, "-m", "isara_lite.cli", "eval", "--suite", "safety", "--data", str(tmp_path),
-                          "--limit", "1", "--out", str(tmp_path / "bad")], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    bad = isara("eval", "--suite", "safety", "--data", tmp_path, "--limit", "1", "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "no advbench/harmful_behaviors.csv" in bad.stderr
 
 
+@pytest.mark.real_model
 def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, embedder, card, renderer):
     """`isara eval --gate`: the suites' answers are the gate's (apply_gate on the model's greedy
     answers); the AlpacaEval reference answers stay the plain model's."""

@@ -9,6 +9,8 @@ from isara_lite.backends.base import create_backend
 from isara_lite.backends.scoring import continuation_tokens
 from isara_lite.models import load_card
 
+pytestmark = pytest.mark.real_model  # scores of the bundled model on each backend
+
 PAIRS = [("Q: What is the capital of France?\nA:", " Paris"),
          ("Q: What is the capital of France?\nA:", " The capital of France is Berlin, a city on the moon."),
          ("<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n",

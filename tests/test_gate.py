@@ -47,6 +47,7 @@ def test_a_bad_gate_file_names_itself(tmp_path):
     assert choose_gate("none", tmp_path) is None
 
 
+@pytest.mark.real_model
 def test_gate_rewrites_the_answers_that_disagree(repo, embedder, card, renderer):
     """On the real model: a helpful answer to a harmful question becomes a refusal, a refusal of a
     benign one becomes an answer, and an answer already on the right side is left alone."""

@@ -71,13 +71,15 @@ def _agreement(runs, min_margin=0.5):
     return decisive, same, float(np.mean(dlp))
 
 
-def test_converted_adapter_matches_pytorch_peft(card, finished, tmp_path):
+def test_converted_adapter_matches_pytorch_peft(tiny_card, finished, tmp_path):
     """Greedy continuation, teacher-forced: wherever HF+PEFT is not at a numerical near-tie (top-2
-    margin > 0.5 logits; Q4 llama.cpp differs from the fp32 copy by ~0.2 on average), llama.cpp +
-    the converted GGUF LoRA picks the same token, so the greedy continuations agree. A conversion
-    without llama.cpp's q/k row permutation is caught by the layout test below."""
+    margin > 0.5 logits), llama.cpp + the converted GGUF LoRA picks the same token, so the greedy
+    continuations agree. On the tiny model, whose GGUF is fp32, only the conversion can make them
+    differ: mean |dlogp| is 0.003 here, and 0.2 for a conversion without llama.cpp's q/k row
+    permutation (tried by hand; the layout test below checks that permutation on the real model)."""
     import json
 
+    card = tiny_card
     _, out, _ = finished
     adapter = out / "iter_1" / "adapter"
     renderer = Renderer(get_format(card.chat_format), card.system)
@@ -86,9 +88,10 @@ def test_converted_adapter_matches_pytorch_peft(card, finished, tmp_path):
     good = peft_to_gguf(adapter, hf_config, tmp_path / "good.gguf")
     decisive, same, dlp = _agreement(_teacher_forced(card, adapter, good, prompts))
     print(f"converted adapter: {same}/{decisive} decisive positions agree, mean |dlogp| {dlp:.3f}")
-    assert decisive >= 48 and same == decisive and dlp < 0.15
+    assert decisive >= 24 and same == decisive and dlp < 0.02
 
 
+@pytest.mark.real_model
 def test_q_k_permutation_matches_the_gguf_layout(card):
     """Our q/k row permutation maps the HF weights onto the GGUF's own tensors (up to Q4 error);
     without it they do not line up. LoRA B rows follow the same map."""
@@ -113,7 +116,8 @@ def test_q_k_permutation_matches_the_gguf_layout(card):
         assert fit > 0.99 and raw < 0.5, (name, fit, raw)
 
 
-def test_llamacpp_backend_applies_the_adapter(card, finished):
+def test_llamacpp_backend_applies_the_adapter(tiny_card, finished):
+    card = tiny_card
     _, out, _ = finished
     renderer = Renderer(get_format(card.chat_format), card.system)
     greedy = Sampling(max_tokens=24, temperature=0.0, stop=renderer.fmt.stops)
@@ -160,6 +164,7 @@ def test_two_iterations_on_llamacpp(tmp_path):
     assert json.loads((tmp_path / "run/iter_2/metrics.json").read_text())["learning_rate"] == pytest.approx(0.0025)
 
 
+@pytest.mark.real_model
 def test_batched_decoding_is_deterministic_and_shares_identical_prompts(card):
     renderer = Renderer(get_format(card.chat_format), card.system)
     lcpp = create_backend("llamacpp", card, threads=2)

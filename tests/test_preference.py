@@ -47,21 +47,20 @@ def test_seed_items_take_their_own_answer_as_the_verdict_and_generated_ones_the_
 
 
 @pytest.fixture(scope="module")
-def torch_backend():
+def torch_backend(tiny_card):
     from isara_lite.backends.base import create_backend
-    from isara_lite.models import load_card
 
-    return create_backend("torch", load_card("smollm2-135m-instruct"), threads=2)
+    return create_backend("torch", tiny_card, threads=2)
 
 
-def test_dpo_moves_the_margin_toward_the_chosen_answers(torch_backend, tmp_path):
+def test_dpo_moves_the_margin_toward_the_chosen_answers(torch_backend, tiny_card, tmp_path):
     """A few DPO steps with a high learning rate raise log p(chosen) - log p(rejected) on the pairs
-    they trained on, and leave one adapter (no reference copy) in PEFT layout that loads again."""
-    from isara_lite.models import load_card
+    they trained on, and leave one adapter (no reference copy) in PEFT layout that loads again.
+    On the tiny model: TRL's loss and our adapter handling are under test, not what DPO teaches."""
     from isara_lite.prompts import Renderer, get_format
     from isara_lite.recipe import PreferenceConfig, TrainConfig
 
-    card = load_card("smollm2-135m-instruct")
+    card = tiny_card
     r = Renderer(get_format(card.chat_format), card.system)
     pairs = [{"prompt": r.chat_prompt(q), "chosen": c, "rejected": j} for q, c, j in [
         ("How do I bake bread?", HELPFUL, REFUSAL),

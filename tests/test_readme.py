@@ -12,5 +12,5 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, "README gives two set-up commands"
     quickstart, tests = commands
     assert quickstart.endswith("isara align recipes/quickstart.yaml")
-    assert tests.endswith("python -m pytest")
+    assert tests.endswith('python -m pytest -m "not slow"')  # the real_model tests too, not only the quick ones
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -22,6 +22,7 @@ needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is Non
                                     reason="llama-cpp-python is not installed (pip install 'isara_lite[llamacpp]')")
 
 
+@pytest.mark.real_model
 def test_refusal_scores_add_up_each_prompts_own_openers():
     """On torch, whose scores do not depend on the batch (llama.cpp's scores shift by up to ~0.7 nat
     with the batch's shape, as much as the gaps between these prompts)."""

@@ -9,6 +9,8 @@ from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
 from isara_lite.training import IGNORE, build_example
 
+pytestmark = pytest.mark.real_model  # the bundled model
+
 
 @pytest.fixture(scope="module")
 def backend():
