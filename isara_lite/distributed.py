@@ -4,7 +4,8 @@ the same seeded batches. Each process takes every N-th row of a batch; after the
 LoRA gradients, the loss and the token count are summed across processes (what DDP does, written
 out because the loss bypasses the wrapped module's forward), so every process takes the same
 optimizer step and the loss curve is the one-process curve up to float summation order. Process 0
-saves the adapter.
+saves the adapter. With training.shard each process holds only its share of the weights (FSDP2,
+`shard` below) and FSDP sums the gradients.
 
 CPU processes talk over gloo on loopback; on CUDA each process gets one GPU and NCCL. Generation,
 filters and the check stay in the main process, which waits for the training job:
@@ -37,20 +38,51 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_sum(params, loss: float, tokens: int) -> tuple[float, int]:
-    """Sum every parameter's gradient, the loss and the token count over the processes, in one call."""
+def all_reduce_sum(params, loss: float, tokens: int, device) -> tuple[float, int]:
+    """Sum every parameter's gradient, the loss and the token count over the processes, in one call
+    (no parameters: a sharded model's gradients are already reduced by FSDP)."""
     import torch
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([loss, tokens], dtype=torch.float32,
-                                                                            device=grads[0].device)])
+                                                                            device=device)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     at = 0
     for p, g in zip(params, grads):
         p.grad = flat[at:at + g.numel()].view_as(g).to(g.dtype)
         at += g.numel()
     return float(flat[-2]), int(flat[-1])
+
+
+def shard(model) -> None:
+    """FSDP2: each decoder layer (the classes the model lists in _no_split_modules, as accelerate's
+    FSDP wrapping does) becomes a unit whose weights are split across the processes and gathered for
+    its forward and backward. The embeddings, final norm and head stay whole in every process: the
+    loss calls them directly (answer_loss), and a tied head shares the embedding's weight. FSDP
+    averages the gradients over the processes (gloo has no pre-multiplied sum), so TorchSteps
+    scales its loss by their number to get the sum."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model.get_base_model(), "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in names]
+    if not units:
+        raise IsaraError(f"training.shard: {type(model.get_base_model()).__name__} names no decoder layer class "
+                         "(_no_split_modules) to shard by")
+    for m in units:
+        fully_shard(m)
+
+
+def full_tensors(model) -> dict:
+    """The trainable (LoRA) weights whole, gathered from a sharded model; every process must call it."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def local_mb(model) -> float:
+    """MB of weights this process holds (its shard of a sharded weight)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return sum(t.numel() * t.element_size() for t in local) / 2**20
 
 
 def train_processes(model: str, examples, config, learning_rate: float, adapter_in: Path | None, adapter_out: Path,
@@ -82,7 +114,7 @@ def train_processes(model: str, examples, config, learning_rate: float, adapter_
             why = errors[0].read_text(encoding="utf-8") if errors else tail
             raise IsaraError(f"training.processes={n}: the training job failed (exit {proc.returncode}): {why}")
         out = json.loads(result.read_text())
-    return TrainResult(Path(out["adapter"]), out["steps"], out["losses"], out["tokens"], out["seconds"])
+    return TrainResult(Path(out["adapter"]), out["steps"], out["losses"], out["tokens"], out["seconds"], out["weights_mb"])
 
 
 def main(job_path: str) -> None:
@@ -116,7 +148,7 @@ def main(job_path: str) -> None:
         if rank == 0:
             Path(job["result"]).write_text(json.dumps({
                 "adapter": str(res.adapter), "steps": res.steps, "losses": res.losses, "tokens": res.tokens,
-                "seconds": time.time() - t0}), encoding="utf-8")
+                "seconds": time.time() - t0, "weights_mb": local_mb(backend.model)}), encoding="utf-8")
     except Exception as e:
         Path(job["result"]).with_name(f"error{rank}.txt").write_text(
             str(e) if isinstance(e, IsaraError) else f"{type(e).__name__}: {e}", encoding="utf-8")

@@ -65,6 +65,9 @@ class TrainConfig:
     max_steps: int = opt(0, "stop after this many steps (0: no cap); for smoke tests")
     processes: int = opt(1, "processes that train together (torchrun: gloo on CPU, NCCL with one GPU each on CUDA); "
                             "the same steps and loss as one process (distributed.py); torch and llamacpp backends")
+    shard: bool = opt(False, "with processes > 1: shard the model's weights across the processes (FSDP2, one "
+                             "unit per decoder layer), so each holds 1/processes of them; for a model too big for "
+                             "one device")
 
 
 @dataclass
@@ -258,6 +261,9 @@ def validate(r: Recipe, where: str) -> None:
         (r.generation.questions_per_prompt >= 1, "generation.questions_per_prompt", "must be at least 1"),
         (r.training.batch_size >= 1, "training.batch_size", "must be at least 1"),
         (r.training.processes >= 1, "training.processes", "must be at least 1"),
+        (not r.training.shard or r.training.processes > 1, "training.shard", "needs training.processes > 1"),
+        (not r.training.shard or r.training.batch_size >= r.training.processes, "training.shard",
+         "needs training.batch_size >= training.processes (every process runs every step)"),
         (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),

@@ -31,6 +31,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    weights_mb: float = 0.0  # weights process 0 held while training (multi-process jobs; 0: not measured)
 
 
 def build_example(prompt_ids: list[int], answer_ids: list[int], eos_id: int, max_length: int):
@@ -85,8 +86,9 @@ class LoraSteps(Protocol):
         """Sum the gradients over processes, clip their norm at 1, take one optimizer step at lr,
         clear the gradients; return loss and tokens summed over processes."""
 
-    def save(self, directory: Path) -> None:
-        """Write the adapter (PEFT layout, fp32 tensors) into an empty directory."""
+    def save(self, directory: Path | None) -> None:
+        """Write the adapter (PEFT layout, fp32 tensors) into an empty directory. Every process calls
+        it (a sharded model gathers its adapter together); only process 0 gets a directory."""
 
 
 GROUP_WINDOW = 4  # batches sorted by length together (HF's LengthGroupedSampler takes 50; fewer keep more of the shuffle)
@@ -138,6 +140,8 @@ def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: P
     if steps.rank == 0:
         with writing_dir(Path(adapter_out)) as tmp:
             steps.save(tmp)
+    else:
+        steps.save(None)
     return TrainResult(Path(adapter_out), total, losses, seen, time.time() - start)
 
 

@@ -242,6 +242,9 @@ def test_empty_section(tmp_path):
     (["training.batch_size=0"], r"training\.batch_size must be at least 1"),
     (["training.schedule=linear"], r"training\.schedule must be cosine or constant"),
     (["device=tpu"], r"device must be auto, cpu or cuda"),
+    (["training.shard=true"], r"training\.shard needs training\.processes > 1"),
+    (["training.shard=true", "training.processes=4", "training.batch_size=2"],
+     r"training\.shard needs training\.batch_size >= training\.processes"),
 ])
 def test_validate_failures(overrides, match):
     with pytest.raises(IsaraError, match=match):

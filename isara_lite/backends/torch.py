@@ -11,7 +11,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..adapters import require_peft
-from ..distributed import all_reduce_sum, process_group
+from ..distributed import all_reduce_sum, full_tensors, process_group, shard
 from ..errors import IsaraError
 from ..training import IGNORE, TrainResult, fit
 from .base import Generation, Sampling, default_threads, resolve_precision
@@ -270,6 +270,10 @@ class TorchSteps:
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
+        self.rank, self.world = process_group()
+        self.sharded = config.shard and self.world > 1
+        if self.sharded:
+            shard(model)
         self.model = model.train()
         backend.model = model  # a failed step leaves the backend on this model; load() unloads it
         # bf16 matmuls (oneDNN's AMX / avx512_bf16 kernels on CPU); weights, LoRA, optimizer stay fp32
@@ -277,7 +281,6 @@ class TorchSteps:
             if precision == "bf16" and backend.device == "cpu" else contextlib.nullcontext()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=0.0)
-        self.rank, self.world = process_group()
 
     def encode(self, prompt: str, answer: str):
         tok = self.backend.tok
@@ -287,13 +290,14 @@ class TorchSteps:
     def backward(self, rows, scored: int, scale: float) -> float:
         ids, labels, mask = pad_rows(rows, self.backend.tok.pad_token_id, self.backend.device)
         with self.autocast:
-            loss = answer_loss(self.model, ids, labels, mask, reduction="sum") / scored
-        (loss * scale).backward()
+            # a shared prefix's cache carries gradients around FSDP's hooks, which then miss the gather
+            loss = answer_loss(self.model, ids, labels, mask, share_prefix=not self.sharded, reduction="sum") / scored
+        (loss * scale * (self.world if self.sharded else 1)).backward()  # FSDP averages; we want the sum
         return loss.item()
 
     def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
         if self.world > 1:
-            loss, tokens = all_reduce_sum(self.params, loss, tokens)
+            loss, tokens = all_reduce_sum([] if self.sharded else self.params, loss, tokens, self.backend.device)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -301,5 +305,7 @@ class TorchSteps:
         self.opt.zero_grad(set_to_none=True)
         return loss, tokens
 
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+    def save(self, directory: Path | None) -> None:
+        state = full_tensors(self.model) if self.sharded else None
+        if directory is not None:
+            self.model.save_pretrained(str(directory), safe_serialization=True, state_dict=state)
