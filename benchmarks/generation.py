@@ -7,6 +7,9 @@
   torch-bf16  the same with the weights in bf16 (oneDNN's bf16 kernels where the CPU has them)
   ceiling     llama.cpp's own prompt-processing and generation speed here (one sequence, 512-token
               prompt, 128 greedy tokens), times the tokens the naive run evaluated and generated
+  server      the openai backend against llama-cpp-python's OpenAI-compatible server on loopback
+              (started here with the same GGUF and threads; it answers one request at a time), a
+              batch's requests in flight together; its peak RSS is the client's, the server's apart
 
 Every mode runs at the same questions_per_prompt; each value given is a separate set of rows (1 is
 the quickstart's setting). Prints a JSON object and a table: candidates/min, prompt and generated
@@ -45,7 +48,11 @@ def one(mode: str, args) -> dict:
     renderer = Renderer(get_format(card.chat_format), card.system)
     embedder = Embedder()
     pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
-    backend = create_backend("torch" if mode.startswith("torch") else "llamacpp", card, threads=args.threads)
+    if mode == "server":
+        server = start_server(card.gguf_path(), args.threads)
+        os.environ["ISARA_OPENAI_BASE_URL"] = server.url
+    backend = create_backend({"torch": "torch", "torch-bf16": "torch", "server": "openai"}.get(mode, "llamacpp"), card,
+                             threads=args.threads)
     if mode == "torch-bf16":
         import torch
 
@@ -68,11 +75,48 @@ def one(mode: str, args) -> dict:
                                list(range(s, min(s + bs, args.candidates))), on_generated)
         kept_words += sum(1 for c in batch if len(c.prompt.split()) >= 5 and len(c.response.split()) >= 5)
     dt = time.perf_counter() - start
-    return {"mode": mode, "seconds": dt, "candidates_per_min": 60 * args.candidates / dt,
+    extra = {}
+    if mode == "server":
+        extra = {"server_peak_rss_mb": server_rss_mb(server.proc.pid), "concurrency": backend.concurrency or bs}
+        server.proc.kill()
+    return {**extra, "mode": mode, "seconds": dt, "candidates_per_min": 60 * args.candidates / dt,
             "prompt_tokens": toks[0], "generated_tokens": toks[1],
             "prompt_tok_s": toks[0] / dt, "gen_tok_s": toks[1] / dt,
             "peak_rss_mb": peak_memory_mb(), "questions_per_prompt": qpp,
             "candidates_with_5_words": kept_words}
+
+
+class start_server:
+    """llama-cpp-python's OpenAI-compatible server on a free loopback port, ready when it answers."""
+
+    def __init__(self, gguf, threads: int):
+        import socket
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
+                                      "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
+                                      "--n_threads_batch", str(threads), "--n_ctx", "4096", "--verbose", "False"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.proc.kill()
+        sys.exit("the server did not start")
+
+
+def server_rss_mb(pid: int) -> float:
+    """The server process's peak RSS (VmHWM), Linux only."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def ceiling(backend, renderer, args) -> dict:
@@ -101,7 +145,8 @@ def main():
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions-per-prompt", default="1,4", help="comma-separated; 1 is the quickstart's")
-    ap.add_argument("--modes", default="naive,llamacpp,torch,torch-bf16,ceiling")
+    ap.add_argument("--modes", default="naive,llamacpp,torch,torch-bf16,ceiling",
+                    help="comma-separated, from naive, llamacpp, torch, torch-bf16, ceiling, server")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -142,12 +187,13 @@ def main():
     from rich.table import Table
 
     t = Table(title=f"generation, {args.candidates} candidates, {args.threads} threads")
-    for col in ["mode", "q/prompt", "cand/min", "x naive", "prompt tok/s", "gen tok/s", "peak RSS MB"]:
+    for col in ["mode", "q/prompt", "cand/min", "x naive", "prompt tok/s", "gen tok/s", "peak RSS MB", "in flight"]:
         t.add_column(col, justify="right")
     for r in rows:
+        rss = f"{r.get('peak_rss_mb', 0):.0f}" + (f" + server {r['server_peak_rss_mb']:.0f}" if "server_peak_rss_mb" in r else "")
         t.add_row(r["mode"], str(r["questions_per_prompt"]), f"{r.get('candidates_per_min', 0):.1f}",
                   f"{r.get('speedup_vs_naive', 0):.2f}", f"{r.get('prompt_tok_s', r.get('pp_tok_s', 0)):.0f}",
-                  f"{r.get('gen_tok_s', r.get('tg_tok_s', 0)):.0f}", f"{r.get('peak_rss_mb', 0):.0f}")
+                  f"{r.get('gen_tok_s', r.get('tg_tok_s', 0)):.0f}", rss, str(r.get("concurrency", "")))
     Console().print(t)
 
 

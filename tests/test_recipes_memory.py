@@ -61,6 +61,13 @@ def test_mac_recipe_fits_16gb():
     assert peak_gb(recipe, weight_bits=4.5) < 16 * 2 / 3  # macOS wires about 2/3 of RAM for the GPU
 
 
+def test_scale_out_recipe_trains_on_24gb_gpus():
+    recipe = load_recipe(REPO / "recipes" / "scale-out-vllm.yaml")
+    assert recipe.backend == "openai" and recipe.training.precision == "bf16"
+    recipe.generation.batch_size = 0  # generation runs on the server: only training's memory is here
+    assert peak_gb(recipe, weight_bits=16) < 24  # even one process holding the whole batch
+
+
 def test_the_estimate_can_fail():
     """Sanity of the check itself: the same 7B at the recipe defaults (batch 8, 1500-token prompts,
     no checkpointing) does not fit an 8 GB GPU."""
