@@ -43,7 +43,7 @@ def one(mode: str, args) -> dict:
 
     qpp = args.questions_per_prompt
     recipe = load_recipe(ROOT / "recipes" / "quickstart.yaml",
-                         [f"candidates={args.candidates}", f"generation.questions_per_prompt={qpp}"])
+                         [*args.overrides, f"candidates={args.candidates}", f"generation.questions_per_prompt={qpp}"])
     card = load_card(recipe.model)
     renderer = Renderer(get_format(card.chat_format), card.system)
     embedder = Embedder()
@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--questions-per-prompt", default="1,4", help="comma-separated; 1 is the quickstart's")
     ap.add_argument("--modes", default="naive,llamacpp,torch,torch-bf16,ceiling",
                     help="comma-separated, from naive, llamacpp, torch, torch-bf16, ceiling, server")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override, key=value")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -163,7 +164,8 @@ def main():
                 results[mode] = dict(ceiling_result)
                 continue
             cmd = [sys.executable, __file__, "--one", mode, "--candidates", str(args.candidates),
-                   "--threads", str(args.threads), "--questions-per-prompt", str(qpp)]
+                   "--threads", str(args.threads), "--questions-per-prompt", str(qpp),
+                   *sum((["--set", o] for o in args.overrides), [])]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if out.returncode != 0:
                 sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
