@@ -114,7 +114,8 @@ def train_processes(model: str, examples, config, learning_rate: float, adapter_
             why = errors[0].read_text(encoding="utf-8") if errors else tail
             raise IsaraError(f"training.processes={n}: the training job failed (exit {proc.returncode}): {why}")
         out = json.loads(result.read_text())
-    return TrainResult(Path(out["adapter"]), out["steps"], out["losses"], out["tokens"], out["seconds"], out["weights_mb"])
+    return TrainResult(Path(out["adapter"]), out["steps"], out["losses"], out["tokens"], out["seconds"], out["weights_mb"],
+                       out["grad_norms"])
 
 
 def main(job_path: str) -> None:
@@ -148,7 +149,8 @@ def main(job_path: str) -> None:
         if rank == 0:
             Path(job["result"]).write_text(json.dumps({
                 "adapter": str(res.adapter), "steps": res.steps, "losses": res.losses, "tokens": res.tokens,
-                "seconds": time.time() - t0, "weights_mb": local_mb(backend.model)}), encoding="utf-8")
+                "seconds": time.time() - t0, "weights_mb": local_mb(backend.model), "grad_norms": res.grad_norms}),
+                encoding="utf-8")
     except Exception as e:
         Path(job["result"]).with_name(f"error{rank}.txt").write_text(
             str(e) if isinstance(e, IsaraError) else f"{type(e).__name__}: {e}", encoding="utf-8")

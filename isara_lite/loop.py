@@ -277,6 +277,6 @@ def train_stage(backend, renderer, seeds, kept, recipe, t, adapter_in, adapter_o
         result = train_iteration(backend, renderer, seeds, kept, recipe.training, t, adapter_in, adapter_out, on_step,
                                  training_job(recipe))
     out = {"steps": result.steps, "losses": result.losses, "tokens": result.tokens, "seconds": result.seconds,
-           **({"weights_mb": round(result.weights_mb, 1)} if result.weights_mb else {})}
+           "grad_norms": result.grad_norms, **({"weights_mb": round(result.weights_mb, 1)} if result.weights_mb else {})}
     atomic_write_json(record, out)
     return out

@@ -32,6 +32,7 @@ class TrainResult:
     tokens: int = 0
     seconds: float = 0.0
     weights_mb: float = 0.0  # weights process 0 held while training (multi-process jobs; 0: not measured)
+    grad_norms: list[float] = field(default_factory=list)  # each step's gradient norm, before clipping
 
 
 def build_example(prompt_ids: list[int], answer_ids: list[int], eos_id: int, max_length: int):
@@ -82,9 +83,10 @@ class LoraSteps(Protocol):
         """Sum the answer-token loss over rows, divide by scored (the whole batch's answer tokens),
         add scale x its gradient to the accumulated ones; return the loss."""
 
-    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int, float]:
         """Sum the gradients over processes, clip their norm at 1, take one optimizer step at lr,
-        clear the gradients; return loss and tokens summed over processes."""
+        clear the gradients; return loss and tokens summed over processes, and the gradient's
+        norm before clipping."""
 
     def save(self, directory: Path | None) -> None:
         """Write the adapter (PEFT layout, fp32 tensors) into an empty directory. Every process calls
@@ -121,7 +123,7 @@ def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: P
     total = total_steps(len(data), config)
     batches = batch_order(len(data), config.batch_size, seed,
                           [len(ids) for ids, _ in data] if config.group_by_length else None)
-    losses, seen, start = [], 0, time.time()
+    losses, norms, seen, start = [], [], 0, time.time()
     for step in range(total):
         lr = lr_at(step, total, learning_rate, config.warmup_ratio, config.schedule)
         loss, tokens = 0.0, 0
@@ -132,8 +134,9 @@ def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: P
             if mine:
                 loss += steps.backward(mine, scored, 1 / config.grad_accum) / config.grad_accum
                 tokens += sum(len(ids) for ids, _ in mine)
-        loss, tokens = steps.update(lr, loss, tokens)
+        loss, tokens, norm = steps.update(lr, loss, tokens)
         losses.append(loss)
+        norms.append(norm)
         seen += tokens
         if on_step:
             on_step(step + 1, total, loss, lr, tokens)
@@ -142,7 +145,7 @@ def fit(steps: LoraSteps, examples, config, learning_rate: float, adapter_out: P
             steps.save(tmp)
     else:
         steps.save(None)
-    return TrainResult(Path(adapter_out), total, losses, seen, time.time() - start)
+    return TrainResult(Path(adapter_out), total, losses, seen, time.time() - start, grad_norms=norms)
 
 
 def training_job(recipe) -> dict:

@@ -32,6 +32,8 @@ def test_two_processes_reach_the_one_process_loss_curve(tmp_path, repo, tiny_car
                           threads=2, on_step=lambda *a: steps.append(a))
     assert two.steps == one.steps == 3 and len(two.losses) == 3
     assert two.losses == pytest.approx(one.losses, rel=1e-4)  # float summation order only
+    # Adam and the clip at norm 1 hide a wrongly scaled gradient from losses and weights; the norms show it
+    assert len(two.grad_norms) == 3 and two.grad_norms == pytest.approx(one.grad_norms, rel=1e-4)
     assert [s[2] for s in steps] == two.losses and two.tokens == one.tokens
     a, b = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
@@ -66,6 +68,7 @@ def test_sharded_processes_reach_the_one_process_loss_curve(tmp_path, repo, tiny
     two = train_processes(str(tiny_model.CARD), examples, config, 5e-3, None, tmp_path / "two", seed=0, device="cpu",
                           threads=2)
     assert two.steps == 3 and two.losses == pytest.approx(one.losses, rel=1e-4) and two.tokens == one.tokens
+    assert two.grad_norms == pytest.approx(one.grad_norms, rel=1e-4)  # FSDP's average scaled back to the sum
     a, b = load_file(tmp_path / "one" / "adapter_model.safetensors"), load_file(tmp_path / "two" / "adapter_model.safetensors")
     # process 0 held half of each decoder layer's weights, LoRA included; the embeddings and head stay whole
     base = dict(TorchBackend(tiny_card, threads=1).model.named_parameters())

@@ -382,16 +382,16 @@ class MlxSteps:
         mx.eval(loss, self.grads)
         return loss.item()
 
-    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int, float]:
         import mlx.optimizers as optim
 
         model = self.backend.model
-        grads, _ = optim.clip_grad_norm(self.grads, 1.0)
+        grads, norm = optim.clip_grad_norm(self.grads, 1.0)
         self.opt.learning_rate = lr
         self.opt.update(model, grads)
         self.backend.mx.eval(model.trainable_parameters(), self.opt.state)
         self.grads = None
-        return loss, tokens
+        return loss, tokens, float(norm)
 
     def save(self, directory: Path) -> None:
         from mlx.utils import tree_flatten

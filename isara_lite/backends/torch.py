@@ -295,15 +295,17 @@ class TorchSteps:
         (loss * scale * (self.world if self.sharded else 1)).backward()  # FSDP averages; we want the sum
         return loss.item()
 
-    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int]:
+    def update(self, lr: float, loss: float, tokens: int) -> tuple[float, int, float]:
         if self.world > 1:
             loss, tokens = all_reduce_sum([] if self.sharded else self.params, loss, tokens, self.backend.device)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        if hasattr(norm, "full_tensor"):  # a sharded model's norm is a DTensor
+            norm = norm.full_tensor()
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss, tokens
+        return loss, tokens, float(norm)
 
     def save(self, directory: Path | None) -> None:
         state = full_tensors(self.model) if self.sharded else None
