@@ -176,7 +176,7 @@ def test_overrides_applied_on_top_of_file(repo):
     assert r.iterations == 3
     assert r.training.learning_rate == pytest.approx(5e-4)
     assert r.training.epochs == 1
-    assert r.training.batch_size == 8  # untouched sibling kept from the file
+    assert r.training.batch_size == 4 and r.training.grad_accum == 2  # untouched siblings kept from the file
     assert r.generation.top_k == 0
     assert r.training.gradient_checkpointing is True
     assert r.device == "cpu"
