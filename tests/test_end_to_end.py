@@ -1,4 +1,4 @@
-"""The whole loop on the bundled SmolLM2-135M: a tiny recipe, real generation and training."""
+"""The whole loop on the tiny random model (tests/tiny_model.py): a tiny recipe, real generation and training code."""
 
 import json
 import re

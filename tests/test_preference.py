@@ -1,5 +1,5 @@
-"""The preference step (isara_lite/preference.py): pairs chosen by the seeds, DPO through TRL on the
-real bundled model, its adapter, and the loop with it turned on."""
+"""The preference step (isara_lite/preference.py): pairs chosen by the seeds, DPO through TRL (on the
+tiny random model), its adapter, and the loop with it turned on."""
 
 import importlib.util
 import json

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 # Built once per machine and cached under a name that changes whenever this file does.
 DIR = Path(tempfile.gettempdir()) / f"isara-test-tiny-{hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]}"
@@ -35,10 +36,10 @@ def build() -> Path:
     with writing_dir(DIR) as tmp:
         _write_gguf(real.gguf_path(), tmp / "tiny.gguf")
         derive_hf(tmp / "tiny.gguf", tmp / "hf")
-        (tmp / "tiny.yaml").write_text(
-            f"name: isara-test-tiny\nchat_format: chatml\nsystem: You are a tiny test model.\n"
-            f"description: random weights, SmolLM2's tokenizer (tests only)\n"
-            f"gguf: {{path: {DIR / 'tiny.gguf'}}}\npath: {DIR / 'hf'}\n")
+        (tmp / "tiny.yaml").write_text(yaml.safe_dump({
+            "name": "isara-test-tiny", "chat_format": "chatml", "system": "You are a tiny test model.",
+            "description": "random weights, SmolLM2's tokenizer (tests only)",
+            "gguf": {"path": str(DIR / "tiny.gguf")}, "path": str(DIR / "hf")}))
     return CARD
 
 
