@@ -17,7 +17,7 @@ from isara_lite.files import read_jsonl_tolerant, writing_dir
 from isara_lite.loop import align
 from isara_lite.recipe import load_recipe
 
-from conftest import TINY
+from conftest import TINY, isara
 
 ROOT = Path(__file__).resolve().parent.parent
 ISARA = Path(sys.executable).parent / "isara"
@@ -50,7 +50,7 @@ def test_ctrl_c_stops_cleanly_and_the_resumed_run_equals_an_uninterrupted_one(fi
     assert err.strip().splitlines()[-1].startswith("interrupted: finished work is saved")
     assert not (out / "summary.json").exists()
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    done = isara(*cmd[1:], "--resume")  # the same command, in this process (the script's start-up is tested above)
     assert done.returncode == 0, done.stderr[-2000:]
     same_run(reference, out)  # same seed, backend and threads: the same candidates, kept pairs and adapter
 
