@@ -49,7 +49,7 @@ def one(mode: str, args) -> dict:
     embedder = Embedder()
     pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
     if mode == "server":
-        server = start_server(card.gguf_path(), args.threads)
+        server = LocalServer(card.gguf_path(), args.threads)
         os.environ["ISARA_OPENAI_BASE_URL"] = server.url
     backend = create_backend({"torch": "torch", "torch-bf16": "torch", "server": "openai"}.get(mode, "llamacpp"), card,
                              threads=args.threads)
@@ -86,7 +86,7 @@ def one(mode: str, args) -> dict:
             "candidates_with_5_words": kept_words}
 
 
-class start_server:
+class LocalServer:
     """llama-cpp-python's OpenAI-compatible server on a free loopback port, ready when it answers."""
 
     def __init__(self, gguf, threads: int):
