@@ -59,6 +59,17 @@ def test_multi_token_stop_string(backend, renderer):
     assert out.completion_tokens < backend.count_tokens(full)  # and generation ended there
 
 
+def test_batched_greedy_matches_transformers_generate(backend, renderer):
+    """The sampling loop (backends/decode.py) on rows of very different lengths: left padding,
+    positions and the static cache give generate's tokens."""
+    from test_decode import transformers_generate
+
+    prompts = [renderer.chat_prompt("Hi"), renderer.chat_prompt("Name three rivers in Europe. " * 6),
+               renderer.chat_prompt("What is the capital of France?")]
+    s = Sampling(max_tokens=30, temperature=0.0, repetition_penalty=1.2, stop=renderer.fmt.stops)
+    assert backend.generate(prompts, s) == transformers_generate(backend, prompts, s)
+
+
 def test_seeded_sampling_is_deterministic(backend, renderer):
     s = Sampling(max_tokens=20, temperature=0.9, repetition_penalty=1.2, seed=11)
     p = [renderer.chat_prompt("Tell me about owls.")] * 2

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 from pathlib import Path
 
 import torch
@@ -15,6 +13,7 @@ from ..distributed import all_reduce_sum, full_tensors, process_group, shard
 from ..errors import IsaraError
 from ..training import IGNORE, TrainResult, fit
 from .base import Generation, Sampling, default_threads, resolve_precision
+from .decode import cache_keyword, sample
 from .scoring import continuation_tokens, padded_batches, row_logprobs
 
 
@@ -69,12 +68,6 @@ SHARED_PREFIX_MODELS = {"llama"}
 MIN_SHARED_PREFIX = 8  # a few tokens are not worth a second forward call (a guess; not measured)
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_keyword(model_class) -> str:
-    """Later transformers 5.x releases renamed forward's past_key_values to cache."""
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
 def shared_prefix(ids, labels) -> int:
     """Tokens at the start that every row has and whose next-token labels are all masked (prompt),
     so no logit is needed inside it; one token short of the shortest row."""
@@ -95,7 +88,7 @@ def answer_loss(model, ids, labels, mask, share_prefix: bool = True, reduction: 
         from transformers import DynamicCache
 
         cache = DynamicCache(config=inner.config)
-        name = _cache_keyword(type(inner.model))
+        name = cache_keyword(type(inner.model))
         inner.model(input_ids=ids[:1, :n], use_cache=True, **{name: cache})
         cache.batch_repeat_interleave(ids.shape[0])
         positions = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
@@ -155,15 +148,16 @@ class TorchBackend:
         return len(self.tok(text, add_special_tokens=True)["input_ids"])
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
-        torch = self.torch
+        if not prompts or sampling.max_tokens <= 0:
+            return [Generation("", self.count_tokens(p), 0) for p in prompts]
         self.tok.padding_side = "left"
         batch = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.device)
         stop_ids, stop_strings = self._stops(sampling.stop)
-        kwargs = generate_kwargs(self.tok, sampling, stop_ids, stop_strings)
-        torch.manual_seed(sampling.seed)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **kwargs)
-        return decode_rows(self.tok, out, batch["attention_mask"], stop_ids, stop_strings)
+        penalty = None
+        if sampling.repetition_penalty != 1.0:
+            penalty = RecentRepetitionPenalty(sampling.repetition_penalty, sampling.repeat_last_n)
+        return sample(self.model, self.tok, batch["input_ids"], batch["attention_mask"], sampling, stop_ids,
+                      stop_strings, penalty)
 
     def _stops(self, stops) -> tuple[list[int], list[str]]:
         """Stops that are special tokens (chat markers) end generation as EOS does, which is cheap;
