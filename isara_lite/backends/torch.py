@@ -84,7 +84,10 @@ def answer_loss(model, ids, labels, mask, share_prefix: bool = True, reduction: 
     attend to; gradients flow through it, so the loss and gradients are those of the full batch."""
     inner = model.get_base_model()
     n = shared_prefix(ids, labels) if share_prefix and inner.config.model_type in SHARED_PREFIX_MODELS else 0
-    if n >= MIN_SHARED_PREFIX and not (getattr(inner, "is_gradient_checkpointing", False)):
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers' newer name, if it has it
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    if n >= MIN_SHARED_PREFIX and not checkpointing:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=inner.config)
