@@ -88,6 +88,7 @@ class _Canned(BaseHTTPRequestHandler):
         status, content = type(self).replies.pop(0)
         data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(status)
+        self.send_header("retry-after-ms", "20")  # the client honours it: retries without its 0.5-8 s backoff
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -121,9 +122,21 @@ def test_endpoint_judge_against_a_local_server(server):
     server.replies = [(200, "Perhaps")]
     with pytest.raises(IsaraError, match="expected Yes or No, got 'Perhaps'"):
         j.refused(["p"], ["r"])
-    server.replies = [(500, "")]
-    with pytest.raises(IsaraError, match="HTTP 500"):
+
+
+def test_endpoint_judge_retries_busy_and_failing_servers(server):
+    j = J.EndpointJudge("judge-model", max_retries=2)
+    server.replies = [(429, ""), (503, ""), (200, "Yes")]
+    assert j.refused(["p"], ["r"]) == [True]
+    assert len(server.seen) == 3
+    server.replies = [(500, "")] * 3
+    with pytest.raises(IsaraError, match=r"judge endpoint http://127.0.0.1:\d+/v1: HTTP 500 \(after 2 retries\)"):
         j.refused(["p"], ["r"])
+    assert len(server.seen) == 6 and not server.replies
+    server.replies = [(400, "")]  # a client error is not retried
+    with pytest.raises(IsaraError, match=r"HTTP 400: "):
+        j.refused(["p"], ["r"])
+    assert len(server.seen) == 7
 
 
 def test_unknown_judge():

@@ -76,6 +76,21 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def api_error(e, url: str, max_retries: int, hint: str) -> IsaraError:
+    """An openai client error, after its retries, as one line naming the URL."""
+    import openai
+
+    if isinstance(e, openai.APIStatusError):
+        retried = e.status_code in (408, 409, 429) or e.status_code >= 500  # what the client retries
+        after = f" (after {max_retries} retries)" if retried else ""
+        return IsaraError(f"{url}: HTTP {e.status_code}{after}: {_one_line(e.message)}")
+    if isinstance(e, openai.APIConnectionError):  # refused, reset or timed out, after the retries
+        return IsaraError(f"{url}: no answer from the server after {max_retries} "
+                          f"{'retry' if max_retries == 1 else 'retries'} "
+                          f"({_one_line(e.__cause__ or e.message, 120)}); is it running? {hint}")
+    return IsaraError(f"{url}: {_one_line(e)}")
+
+
 class OpenAIBackend(TrainsWithTorch):
     name = "openai"
 
@@ -121,18 +136,7 @@ class OpenAIBackend(TrainsWithTorch):
             raise self._error(e) from None
 
     def _error(self, e) -> IsaraError:
-        import openai
-
-        if isinstance(e, openai.APIStatusError):
-            retried = e.status_code in (408, 409, 429) or e.status_code >= 500  # what the client retries
-            after = f" (after {self.max_retries} retries)" if retried else ""
-            return IsaraError(f"{self.base_url}: HTTP {e.status_code}{after}: {_one_line(e.message)}")
-        if isinstance(e, openai.APIConnectionError):  # refused, reset or timed out, after the retries
-            return IsaraError(f"{self.base_url}: no answer from the server after {self.max_retries} "
-                              f"{'retry' if self.max_retries == 1 else 'retries'} "
-                              f"({_one_line(e.__cause__ or e.message, 120)}); is it running? "
-                              "(ISARA_OPENAI_BASE_URL sets the URL)")
-        return IsaraError(f"{self.base_url}: {_one_line(e)}")
+        return api_error(e, self.base_url, self.max_retries, "(ISARA_OPENAI_BASE_URL sets the URL)")
 
     def _pick_model(self, wanted: str | None) -> str:
         served = [m.id for m in self._call(self.client.models.list).data]

@@ -14,15 +14,13 @@ Both kinds:
                    score(), the likelihood of the answer words, so nothing is parsed
   openai:MODEL     an OpenAI-compatible /chat/completions endpoint: base URL from ISARA_JUDGE_URL
                    (default https://api.openai.com/v1), key from ISARA_JUDGE_API_KEY or OPENAI_API_KEY
+                   (extra `openai`; 429s, 5xx and dropped connections retried with backoff)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -306,34 +304,37 @@ class LLMJudge:
 
 
 class EndpointJudge:
-    """An OpenAI-compatible chat completions endpoint, greedy, a few tokens per verdict."""
+    """An OpenAI-compatible chat completions endpoint, greedy, a few tokens per verdict. The openai
+    client retries 408/409/429/5xx and dropped connections with exponential backoff (and a
+    server's Retry-After)."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60):
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60,
+                 max_retries: int = 5):
+        try:
+            import openai
+        except ImportError:
+            raise IsaraError("judge 'openai:MODEL' needs the openai client: pip install 'isara_lite[openai]'") from None
         self.name = f"openai:{model}"
         self.model = model
         self.base_url = (base_url or os.environ.get("ISARA_JUDGE_URL") or "https://api.openai.com/v1").rstrip("/")
-        self.api_key = api_key or os.environ.get("ISARA_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self.timeout = timeout
+        self.max_retries = max_retries
+        key = api_key or os.environ.get("ISARA_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=max_retries, timeout=timeout)
 
     def ask(self, question: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 5,
-                           "messages": [{"role": "user", "content": question}]}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        import openai
+
+        from ..backends.openai import api_error
+
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                reply = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise IsaraError(f"judge endpoint {url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
-            raise IsaraError(f"judge endpoint {url}: {getattr(e, 'reason', e)}") from None
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise IsaraError(f"judge endpoint {url}: no choices[0].message.content in the reply") from None
+            reply = self.client.chat.completions.create(model=self.model, temperature=0, max_tokens=5,
+                                                        messages=[{"role": "user", "content": question}])
+            return reply.choices[0].message.content or ""
+        except openai.APIError as e:
+            raise api_error(e, f"judge endpoint {self.base_url}", self.max_retries, "(ISARA_JUDGE_URL sets the URL)") \
+                from None
+        except (AttributeError, IndexError, TypeError):
+            raise IsaraError(f"judge endpoint {self.base_url}: no choices[0].message.content in the reply") from None
 
     @staticmethod
     def _word(reply: str) -> str:
