@@ -11,8 +11,12 @@ With --llm MODEL also the LLM judge (whole set).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
 with GPT-4's answer as the reference (needs ../shared/data or --data); baseline: the longer answer.
+features judge, with --pandalm FILE (PandaLM's data/testset-v1.json, not kept here): agreement with
+the human majority on instructions held out (5 folds grouped by instruction), beside the longer
+answer, with bootstrap intervals and the paired difference; --refit also writes its coefficients.
 
   .venv/bin/python benchmarks/judges.py [--refit] [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
+                                        [--pandalm testset-v1.json]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
+from isara_lite.evaluation import pairwise_judge
 from isara_lite.evaluation.judges import (WINDOW, ReferenceJudge, CachedEmbedder, cross_validate, get_judge, held_out,
                                           load_labelled, write_weights)
 from isara_lite.refusal import is_refusal
@@ -64,13 +69,18 @@ def main():
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--llm", help="also measure the llm:MODEL judge on the labelled set")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pandalm", type=Path, help="PandaLM's data/testset-v1.json: measure (and with --refit fit) "
+                                                 "the features judge")
     ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on refusal.jsonl again "
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
 
     embedder = CachedEmbedder(Embedder())
+    pandalm = pairwise_judge.load_pandalm(args.pandalm) if args.pandalm else None
     if args.refit:
         print(f"wrote {write_weights(embedder)}")
+        if pandalm:
+            print(f"wrote {pairwise_judge.write_weights(pandalm, embedder)}")
     t0 = time.time()
     report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
     report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
@@ -91,12 +101,15 @@ def main():
         others = [by[rng.choice(items)["instruction"]] for _ in items]
         matched = [by[r["instruction"]] for r in items]
         report["reference_sanity"] = {}
-        for name, judge in (("reference", ReferenceJudge("rouge")), ("reference-embed", ReferenceJudge("embed", embedder))):
+        for name, judge in (("reference", ReferenceJudge("rouge")), ("reference-embed", ReferenceJudge("embed", embedder)),
+                            ("features", pairwise_judge.FeatureJudge(embedder))):
             prefs = judge.prefer([r["instruction"] for r in items], matched, others, [r["reference"] for r in items])
             report["reference_sanity"][name] = {"matched_preferred": sum(prefs) / len(prefs), "n": len(prefs)}
         longer = [1.0 if len(a) > len(b) else 0.5 if len(a) == len(b) else 0.0 for a, b in zip(matched, others)]
         report["reference_sanity"]["longer answer (baseline)"] = {"matched_preferred": sum(longer) / len(longer),
                                                                  "n": len(longer)}
+    if pandalm:
+        report["pairwise_pandalm"] = pairwise_judge.cross_validate(pandalm, embedder, folds=args.folds)
     print(json.dumps(report, indent=2))
 
     t = Table(title="judge accuracy", caption="baselines: prefix-list, majority (refusal); longer answer (pairwise)")
@@ -113,6 +126,17 @@ def main():
     for name, v in report.get("reference_sanity", {}).items():
         t.add_row(name, f"AlpacaEval matched vs mismatched answer, {v['n']} pairs", f"{v['matched_preferred']:.3f}", "")
     Console(width=160).print(t)
+
+    if "pairwise_pandalm" in report:
+        p = report["pairwise_pandalm"]
+        t = Table(title=f"pairwise judges on PandaLM's human labels: {p['n']} pairs, {p['instructions']} instructions, "
+                        f"{p['folds']} folds grouped by instruction")
+        for col in ("judge", "agreement", "95% interval"):
+            t.add_column(col)
+        for name in ("features", "longer answer (baseline)"):
+            t.add_row(name, f"{p[name]['agreement']:.3f}", "{:.3f}-{:.3f}".format(*p[name]["ci"]))
+        t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
+        Console(width=160).print(t)
 
     h = report["refusal_heldout"]
     t = Table(title=f"refusal judges on {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} to "

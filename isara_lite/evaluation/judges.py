@@ -9,6 +9,9 @@ Refusal judges (safety suite) say whether each response declines its request:
 Pairwise judges (instructions suite) say which of two outputs is better, 1 / 0 / 0.5 for a tie:
   reference        (default) higher ROUGE-L F1 to a reference answer (AlpacaEval: GPT-4's outputs)
   reference-embed  higher embedding cosine to the reference
+  features         no reference needed: a logistic regression on two responses' features (length,
+                   repetition, copying the instruction, relevance, empty, refusing), fitted on
+                   PandaLM's human preference labels (pairwise_judge.py)
 Both kinds:
   llm:MODEL        any isara model (card, .gguf, dir) asked for a verdict; the verdict is read from
                    score(), the likelihood of the answer words, so nothing is parsed
@@ -360,7 +363,7 @@ class EndpointJudge:
 
 
 REFUSAL_JUDGES = ("refusal", "regex", "classifier")
-PAIRWISE_JUDGES = ("reference", "reference-embed")
+PAIRWISE_JUDGES = ("reference", "reference-embed", "features")
 
 
 def get_judge(name: str, embedder=None, backend: str = "auto", threads: int = 0):
@@ -368,6 +371,10 @@ def get_judge(name: str, embedder=None, backend: str = "auto", threads: int = 0)
         return RegexJudge()
     if name in ("refusal", "classifier"):
         return ClassifierJudge(embedder, with_regex=name == "refusal")
+    if name == "features":
+        from .pairwise_judge import FeatureJudge
+
+        return FeatureJudge(embedder)
     if name in PAIRWISE_JUDGES:
         return ReferenceJudge("rouge" if name == "reference" else "embed", embedder)
     if name.startswith("llm:") and len(name) > 4:

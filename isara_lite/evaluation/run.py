@@ -96,7 +96,7 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     b.load(Path(adapter) if adapter else None)
     from ..retrieval import Embedder
 
-    if embedder is None and ((judge or "refusal") in ("refusal", "classifier", "reference-embed") or the_gate):
+    if embedder is None and ((judge or "refusal") in ("refusal", "classifier", "reference-embed", "features") or the_gate):
         embedder = Embedder()
     refusal_judge, pairwise_judge = _judges(judge, suites, embedder, b.name, threads)
     ev = Answerer(b, renderer, label, max_tokens, batch_size, ui, embedder, demos, the_gate,

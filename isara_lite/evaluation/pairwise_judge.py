@@ -1,0 +1,147 @@
+"""`features`: a pairwise judge that needs no reference answer, fitted on human preferences.
+
+Each response is described by a few plain features (its length, how much of it repeats, how much
+of the instruction it copies back, how close its embedding is to the instruction's, whether it is
+empty or refuses); a logistic regression on the difference of two responses' features, without
+intercept (so order does not matter), says which is better. It is fitted on the human-labelled
+test set of PandaLM (github.com/WeOpenML/PandaLM, data/testset-v1.json, Apache-2.0: 999 pairs of
+answers by 7B base models to 170 instructions, three annotators each; the 894 pairs with a
+majority that is not a tie), and ships as the coefficients in judge_data/pairwise_judge.json. The
+data is not in this repository: `python benchmarks/judges.py --pandalm FILE` measures it
+(grouped by instruction, against the longer-answer baseline) and `--refit` writes the file again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IsaraError
+from ..refusal import is_refusal
+
+WEIGHTS = Path(__file__).resolve().parent / "judge_data" / "pairwise_judge.json"
+FEATURES = ("log_length", "repeated_trigrams", "repeated_lines", "copies_instruction", "relevance", "empty", "refuses")
+
+
+def response_features(instructions: list[str], responses: list[str], embedder) -> np.ndarray:
+    """[n, len(FEATURES)] for each response to its instruction."""
+    from rouge_score import rouge_scorer
+
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rel = (embedder(instructions) * embedder(responses)).sum(1)  # unit vectors: cosine
+    rows = []
+    for inst, r, cos in zip(instructions, responses, rel):
+        words = re.findall(r"\w+", r.lower())
+        tri = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        lines = [x.strip() for x in r.splitlines() if x.strip()]
+        rows.append([np.log1p(len(r)), 1 - len(set(tri)) / len(tri) if tri else 0.0,
+                     1 - len(set(lines)) / len(lines) if lines else 0.0,
+                     rouge.score(inst, r)["rougeL"].fmeasure, float(cos), float(len(words) < 2), float(is_refusal(r))])
+    return np.array(rows, dtype=np.float64)
+
+
+def fit(diffs: np.ndarray, a_better: np.ndarray, C: float = 1.0) -> np.ndarray:
+    """Coefficients on feature differences (a - b), each pair seen both ways round."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.vstack([diffs, -diffs])
+    y = np.concatenate([a_better, 1 - a_better])
+    return LogisticRegression(C=C, fit_intercept=False, max_iter=2000).fit(x, y).coef_[0]
+
+
+def verdicts(scores: np.ndarray) -> list[float]:
+    return [0.5 if abs(s) < 1e-9 else float(s > 0) for s in scores]
+
+
+class FeatureJudge:
+    name = "features"
+
+    def __init__(self, embedder=None, coef=None):
+        if embedder is None:
+            from ..retrieval import Embedder
+
+            embedder = Embedder()
+        self.embedder = embedder
+        if coef is None:
+            if not WEIGHTS.is_file():
+                raise IsaraError(f"{WEIGHTS}: missing; `python benchmarks/judges.py --pandalm FILE --refit` writes it")
+            coef = json.loads(WEIGHTS.read_text())["coef"]
+        self.coef = np.asarray(coef, dtype=np.float64)
+
+    def prefer(self, instructions, outputs_a, outputs_b, references=None) -> list[float]:
+        fa = response_features(instructions, outputs_a, self.embedder)
+        fb = response_features(instructions, outputs_b, self.embedder)
+        return verdicts((fa - fb) @ self.coef)
+
+
+def load_pandalm(path: Path) -> dict:
+    """PandaLM's labelled pairs with a majority that is not a tie: instructions (with their input),
+    both responses, whether the first is better, and each pair's instruction group."""
+    try:
+        items = json.loads(Path(path).read_text().replace("NaN", "null"))  # the file writes a missing input as NaN
+    except (OSError, json.JSONDecodeError) as e:
+        raise IsaraError(f"{path}: not PandaLM's testset-v1.json ({e})") from None
+    out = {"instructions": [], "a": [], "b": [], "a_better": [], "groups": [], "sha256": hashlib.sha256(
+        Path(path).read_bytes()).hexdigest()}
+    for n, r in enumerate(items):
+        try:
+            vote, count = collections.Counter(r[f"annotator{k}"] for k in (1, 2, 3)).most_common(1)[0]
+            inst = r["instruction"] + (f"\n{r['input']}" if isinstance(r["input"], str) and r["input"] else "")
+        except (KeyError, TypeError):
+            raise IsaraError(f"{path}: item {n}: missing instruction, input or annotator1-3") from None
+        if count < 2 or vote not in (1, 2):
+            continue
+        out["instructions"].append(inst)
+        for side, key in (("a", "response1"), ("b", "response2")):
+            out[side].append(r[key] if isinstance(r[key], str) else "")  # a few responses are stored as false
+        out["a_better"].append(float(vote == 1))
+        out["groups"].append(inst)
+    out["a_better"] = np.array(out["a_better"])
+    return out
+
+
+def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
+    """Agreement with the human majority on held-out instructions (no instruction in two folds),
+    for this judge and the longer-answer baseline; ties count half."""
+    from sklearn.model_selection import GroupKFold
+
+    from ..stats import bootstrap_diff, bootstrap_mean
+
+    diffs = (response_features(data["instructions"], data["a"], embedder)
+             - response_features(data["instructions"], data["b"], embedder))
+    y = data["a_better"]
+    ours = np.zeros(len(y))
+    for train, test in GroupKFold(folds).split(diffs, y, data["groups"]):
+        ours[test] = verdicts(diffs[test] @ fit(diffs[train], y[train]))
+    longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
+
+    def agree(pred):
+        return np.where(pred == 0.5, 0.5, pred == y)
+
+    ag, lg = agree(ours), agree(longer)
+    return {"n": len(y), "instructions": len(set(data["groups"])), "folds": folds,
+            "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
+            "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
+            "difference": {"points": float(100 * (ag.mean() - lg.mean())),
+                           "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]}}
+
+
+def write_weights(data: dict, embedder) -> Path:
+    """Fit on all of PandaLM's labelled pairs and write WEIGHTS (JSON: features, coefficients, data hash)."""
+    from ..files import writing_file
+
+    diffs = (response_features(data["instructions"], data["a"], embedder)
+             - response_features(data["instructions"], data["b"], embedder))
+    coef = fit(diffs, data["a_better"])
+    body = {"features": list(FEATURES), "coef": [round(float(c), 6) for c in coef], "C": 1.0,
+            "fitted_on": "PandaLM data/testset-v1.json (github.com/WeOpenML/PandaLM, Apache-2.0), "
+                         f"{len(data['a_better'])} pairs with a non-tie majority of 3 annotators",
+            "data_sha256": data["sha256"], "embedder": "all-MiniLM-L6-v2"}
+    with writing_file(WEIGHTS) as tmp:
+        Path(tmp).write_text(json.dumps(body, indent=1) + "\n")
+    return WEIGHTS

@@ -1,0 +1,73 @@
+"""The reference-free pairwise judge (evaluation/pairwise_judge.py): its verdicts, PandaLM's format,
+and its cross-validation against the longer-answer baseline."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from isara_lite.errors import IsaraError
+from isara_lite.evaluation import pairwise_judge as P
+from isara_lite.evaluation.judges import get_judge
+
+INSTRUCTION = "List three ways to save water at home."
+GOOD = "Take shorter showers, fix leaking taps, and run the dishwasher only when it is full."
+REPEATS = "Save water.\nSave water.\nSave water.\nSave water.\nSave water.\nSave water.\nSave water."
+ECHO = "List three ways to save water at home. List three ways to save water at home."
+
+
+def test_shipped_judge_prefers_a_real_answer_and_is_symmetric(embedder):
+    j = get_judge("features", embedder)
+    n = 3
+    a, b = [GOOD, GOOD, GOOD], [REPEATS, ECHO, ""]
+    assert j.prefer([INSTRUCTION] * n, a, b) == [1.0] * n
+    assert j.prefer([INSTRUCTION] * n, b, a) == [0.0] * n  # order does not matter
+    assert j.prefer([INSTRUCTION], [GOOD], [GOOD]) == [0.5]
+    shipped = json.loads(P.WEIGHTS.read_text())
+    assert shipped["features"] == list(P.FEATURES) and len(shipped["coef"]) == len(P.FEATURES)
+
+
+def _write_pandalm(path, items):
+    # PandaLM writes a missing input as a bare NaN, which strict JSON does not allow
+    path.write_text(json.dumps(items).replace('"__NaN__"', "NaN"))
+
+
+def _item(i, r1, r2, votes, inp="__NaN__"):
+    return {"idx": i, "instruction": f"Instruction {i % 20}: write about topic {i % 20}.", "input": inp,
+            "response1": r1, "response2": r2, "annotator1": votes[0], "annotator2": votes[1], "annotator3": votes[2]}
+
+
+def test_load_pandalm_keeps_majorities_that_are_not_ties(tmp_path):
+    f = tmp_path / "testset-v1.json"
+    _write_pandalm(f, [_item(0, "a", "b", (1, 1, 2)), _item(1, "a", False, (2, 2, 2), "some input"),
+                       _item(2, "a", "b", (0, 0, 1)), _item(3, "a", "b", (0, 1, 2))])
+    d = P.load_pandalm(f)
+    assert d["a_better"].tolist() == [1.0, 0.0]  # the tie majority and the three-way split are dropped
+    assert d["b"][1] == "" and d["instructions"][1].endswith("\nsome input")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "x"}]')
+    with pytest.raises(IsaraError, match=r"bad.json: item 0: missing"):
+        P.load_pandalm(bad)
+    bad.write_text("{nope")
+    with pytest.raises(IsaraError, match=r"bad.json: not PandaLM"):
+        P.load_pandalm(bad)
+
+
+def test_cross_validation_learns_what_people_prefer(tmp_path, embedder):
+    """Labels where the longer answer loses because it repeats itself: the fitted judge must beat
+    the length baseline on held-out instructions."""
+    rng = random.Random(0)
+    items = []
+    for i in range(80):
+        topic = f"topic {i % 20}"
+        good = f"A clear, short note on {topic}: it matters because people use it every day."
+        bad = " ".join([f"{topic} is {topic}."] * rng.randint(4, 8))
+        items.append(_item(i, good, bad, (1, 1, 1)) if i % 2 else _item(i, bad, good, (2, 2, 2)))
+    f = tmp_path / "testset-v1.json"
+    _write_pandalm(f, items)
+    r = P.cross_validate(P.load_pandalm(f), embedder)
+    assert r["n"] == 80 and r["instructions"] == 20
+    assert r["features"]["agreement"] > 0.9 > r["longer answer (baseline)"]["agreement"]
+    assert r["difference"]["ci"][0] > 0
+    assert np.isfinite(r["features"]["ci"]).all()
