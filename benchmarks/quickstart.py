@@ -42,11 +42,14 @@ def main():
     from rich.console import Console
     from rich.table import Table
 
+    from isara_lite.evaluation.check import check_rows
+
     t = Table(title=f"quickstart: {wall / 60:.1f} min, peak {report['peak_memory_mb'] / 1024:.2f} GB")
-    for col in ["model", "harmful refused", "benign answered"]:
+    header, rows = check_rows(summary["checks"])  # each rate with its 95% interval
+    for col in header:
         t.add_column(col, justify="right")
-    for c in summary["checks"]:
-        t.add_row(c["model"], f"{c['harmful_refused']:.0%}", f"{c['benign_answered']:.0%}")
+    for row in rows:
+        t.add_row(*row)
     Console().print(t)
 
 
