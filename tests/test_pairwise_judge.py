@@ -47,7 +47,7 @@ def test_load_pandalm_keeps_majorities_that_are_not_ties(tmp_path):
     assert d["b"][1] == "" and d["instructions"][1].endswith("\nsome input")
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "x"}]')
-    with pytest.raises(IsaraError, match=r"bad.json: item 0: missing"):
+    with pytest.raises(IsaraError, match=r"bad.json: item 0: field 'input': missing"):
         P.load_pandalm(bad)
     bad.write_text("{nope")
     with pytest.raises(IsaraError, match=r"bad.json: not PandaLM"):

@@ -89,11 +89,13 @@ def load_pandalm(path: Path) -> dict:
     out = {"instructions": [], "a": [], "b": [], "a_better": [], "groups": [], "sha256": hashlib.sha256(
         Path(path).read_bytes()).hexdigest()}
     for n, r in enumerate(items):
-        try:
-            vote, count = collections.Counter(r[f"annotator{k}"] for k in (1, 2, 3)).most_common(1)[0]
-            inst = r["instruction"] + (f"\n{r['input']}" if isinstance(r["input"], str) and r["input"] else "")
-        except (KeyError, TypeError):
-            raise IsaraError(f"{path}: item {n}: missing instruction, input or annotator1-3") from None
+        for key in ("instruction", "input", "response1", "response2", "annotator1", "annotator2", "annotator3"):
+            if not isinstance(r, dict) or key not in r:
+                raise IsaraError(f"{path}: item {n}: field '{key}': missing")
+        if not isinstance(r["instruction"], str):
+            raise IsaraError(f"{path}: item {n}: field 'instruction': not text")
+        vote, count = collections.Counter(r[f"annotator{k}"] for k in (1, 2, 3)).most_common(1)[0]
+        inst = r["instruction"] + (f"\n{r['input']}" if isinstance(r["input"], str) and r["input"] else "")
         if count < 2 or vote not in (1, 2):
             continue
         out["instructions"].append(inst)
