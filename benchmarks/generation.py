@@ -3,7 +3,7 @@
   naive       llama.cpp, one create_completion per prompt (llama-cpp-python's high-level API, which
               reuses the prefix shared with the previous prompt)
   llamacpp    this project's llama.cpp backend (several sequences per llama_batch)
-  torch       the PyTorch backend (batched transformers generate), fp32 weights
+  torch       the PyTorch backend (its batched sampling loop, backends/decode.py), fp32 weights
   torch-bf16  the same with the weights in bf16 (oneDNN's bf16 kernels where the CPU has them)
   ceiling     llama.cpp's own prompt-processing and generation speed here (one sequence, 512-token
               prompt, 128 greedy tokens), times the tokens the naive run evaluated and generated

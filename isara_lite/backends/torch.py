@@ -35,7 +35,8 @@ class RecentRepetitionPenalty(LogitsProcessor):
 
 
 def generate_kwargs(tok, sampling: Sampling, stop_ids: list[int], stop_strings: list[str]) -> dict:
-    """model.generate arguments for our Sampling (0 temperature: greedy)."""
+    """model.generate arguments for our Sampling (0 temperature: greedy). The unsloth backend
+    generates this way; this backend samples in decode.py, which the tests hold to generate."""
     greedy = sampling.temperature <= 0
     kwargs = dict(max_new_tokens=sampling.max_tokens, do_sample=not greedy, eos_token_id=stop_ids,
                   pad_token_id=tok.pad_token_id)
