@@ -64,6 +64,7 @@ def sample(model, tok, ids, mask, s: Sampling, stop_ids: list[int], stop_strings
     stops = torch.tensor(stop_ids, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     out = torch.full((rows, s.max_tokens), tok.pad_token_id, dtype=torch.long, device=device)
+    tail = max((len(t) for t in stop_strings), default=0) + 1  # one more: a first token may decode without its space
     seen = ids  # what the repetition penalty looks back over, prompt included (as generate)
     pos = positions(mask)
     step_ids, step_pos, n = ids, pos, 0
@@ -76,9 +77,9 @@ def sample(model, tok, ids, mask, s: Sampling, stop_ids: list[int], stop_strings
             token = sample_next(logits, s, generator).masked_fill(done, tok.pad_token_id)
             out[:, n] = token
             done |= torch.isin(token, stops)
-            if stop_strings:
+            if stop_strings:  # a stop of L characters new this step lies within the last L tokens
                 for i in (~done).nonzero().flatten().tolist():
-                    text = tok.decode(out[i, : n + 1].tolist(), skip_special_tokens=False)
+                    text = tok.decode(out[i, max(0, n + 1 - tail): n + 1].tolist(), skip_special_tokens=False)
                     done[i] = any(t in text for t in stop_strings)
             if bool(done.all()):
                 break

@@ -28,12 +28,18 @@ WEIGHTS = Path(__file__).resolve().parent / "judge_data" / "pairwise_judge.json"
 FEATURES = ("log_length", "repeated_trigrams", "repeated_lines", "copies_instruction", "relevance", "empty", "refuses")
 
 
-def response_features(instructions: list[str], responses: list[str], embedder) -> np.ndarray:
-    """[n, len(FEATURES)] for each response to its instruction."""
+def differences(instructions: list[str], a: list[str], b: list[str], embedder) -> np.ndarray:
+    """[n, len(FEATURES)]: each pair's features of a less those of b (the instructions embedded once)."""
+    asked = embedder(instructions)
+    return response_features(instructions, a, asked, embedder) - response_features(instructions, b, asked, embedder)
+
+
+def response_features(instructions: list[str], responses: list[str], asked: np.ndarray, embedder) -> np.ndarray:
+    """[n, len(FEATURES)] for each response to its instruction (`asked`: the instructions' embeddings)."""
     from rouge_score import rouge_scorer
 
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rel = (embedder(instructions) * embedder(responses)).sum(1)  # unit vectors: cosine
+    rel = (asked * embedder(responses)).sum(1)  # unit vectors: cosine
     rows = []
     for inst, r, cos in zip(instructions, responses, rel):
         words = re.findall(r"\w+", r.lower())
@@ -74,19 +80,17 @@ class FeatureJudge:
         self.coef = np.asarray(coef, dtype=np.float64)
 
     def prefer(self, instructions, outputs_a, outputs_b, references=None) -> list[float]:
-        fa = response_features(instructions, outputs_a, self.embedder)
-        fb = response_features(instructions, outputs_b, self.embedder)
-        return verdicts((fa - fb) @ self.coef)
+        return verdicts(differences(instructions, outputs_a, outputs_b, self.embedder) @ self.coef)
 
 
 def load_pandalm(path: Path) -> dict:
     """PandaLM's labelled pairs with a majority that is not a tie: instructions (with their input),
-    both responses, whether the first is better, and each pair's instruction group."""
+    both responses, and whether the first is better."""
     try:
         items = json.loads(Path(path).read_text().replace("NaN", "null"))  # the file writes a missing input as NaN
     except (OSError, json.JSONDecodeError) as e:
         raise IsaraError(f"{path}: not PandaLM's testset-v1.json ({e})") from None
-    out = {"instructions": [], "a": [], "b": [], "a_better": [], "groups": [], "sha256": hashlib.sha256(
+    out = {"instructions": [], "a": [], "b": [], "a_better": [], "sha256": hashlib.sha256(
         Path(path).read_bytes()).hexdigest()}
     for n, r in enumerate(items):
         for key in ("instruction", "input", "response1", "response2", "annotator1", "annotator2", "annotator3"):
@@ -102,7 +106,6 @@ def load_pandalm(path: Path) -> dict:
         for side, key in (("a", "response1"), ("b", "response2")):
             out[side].append(r[key] if isinstance(r[key], str) else "")  # a few responses are stored as false
         out["a_better"].append(float(vote == 1))
-        out["groups"].append(inst)
     out["a_better"] = np.array(out["a_better"])
     return out
 
@@ -114,11 +117,10 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
 
     from ..stats import bootstrap_diff, bootstrap_mean
 
-    diffs = (response_features(data["instructions"], data["a"], embedder)
-             - response_features(data["instructions"], data["b"], embedder))
+    diffs = differences(data["instructions"], data["a"], data["b"], embedder)
     y = data["a_better"]
     ours = np.zeros(len(y))
-    for train, test in GroupKFold(folds).split(diffs, y, data["groups"]):
+    for train, test in GroupKFold(folds).split(diffs, y, data["instructions"]):
         ours[test] = verdicts(diffs[test] @ fit(diffs[train], y[train]))
     longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
 
@@ -126,7 +128,7 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
         return np.where(pred == 0.5, 0.5, pred == y)
 
     ag, lg = agree(ours), agree(longer)
-    return {"n": len(y), "instructions": len(set(data["groups"])), "folds": folds,
+    return {"n": len(y), "instructions": len(set(data["instructions"])), "folds": folds,
             "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
             "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
             "difference": {"points": float(100 * (ag.mean() - lg.mean())),
@@ -137,9 +139,7 @@ def write_weights(data: dict, embedder) -> Path:
     """Fit on all of PandaLM's labelled pairs and write WEIGHTS (JSON: features, coefficients, data hash)."""
     from ..files import writing_file
 
-    diffs = (response_features(data["instructions"], data["a"], embedder)
-             - response_features(data["instructions"], data["b"], embedder))
-    coef = fit(diffs, data["a_better"])
+    coef = fit(differences(data["instructions"], data["a"], data["b"], embedder), data["a_better"])
     body = {"features": list(FEATURES), "coef": [round(float(c), 6) for c in coef], "C": 1.0,
             "fitted_on": "PandaLM data/testset-v1.json (github.com/WeOpenML/PandaLM, Apache-2.0), "
                          f"{len(data['a_better'])} pairs with a non-tie majority of 3 annotators",
