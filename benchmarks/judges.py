@@ -1,11 +1,12 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
-refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (460 labelled
+refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (620 labelled
 responses written for this project): accuracy per fold; precision, recall and F1 of "refused" on
 the pooled held-out verdicts; the mean error on a fold's refusal rate. Judges with nothing to fit
 (regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
 same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
-responses to 200 requests, written apart and never fitted on), beside the judge as it was before
+responses to 200 requests, written apart and never fitted on) and on refusal_heldout2.jsonl (200 more,
+by a third author, written after the first had shown which kinds the judge missed), beside the judge as it was before
 (the opening's embedding and the regex verdict, C=4, on the first 220 responses).
 With --llm MODEL also the LLM judge (whole set).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
@@ -32,7 +33,7 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (WINDOW, ReferenceJudge, CachedEmbedder, cross_validate, get_judge, held_out,
+from isara_lite.evaluation.judges import (HELDOUT2, WINDOW, ReferenceJudge, CachedEmbedder, cross_validate, get_judge, held_out,
                                           load_labelled, write_weights)
 from isara_lite.refusal import is_refusal
 from isara_lite.retrieval import Embedder
@@ -85,6 +86,7 @@ def main():
     report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
     report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
     report["refusal_heldout"] = held_out(embedder, {"before": Before(embedder)})
+    report["refusal_heldout2"] = held_out(embedder, {"before": Before(embedder)}, HELDOUT2)
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -138,20 +140,20 @@ def main():
         t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
         Console(width=160).print(t)
 
-    h = report["refusal_heldout"]
-    t = Table(title=f"refusal judges on {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} to "
-                    f"unsafe requests)", caption="fitted on all of refusal.jsonl; rate error: |judged - true| "
-                                               "refusal rate, responses to unsafe / safe requests")
-    for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
-                "rate error unsafe", "rate error safe"):
-        t.add_column(col)
-    for name in ("refusal", "classifier", "before", "regex", "prefix-list"):
-        v = h[name]
-        t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision", "recall",
-                                                    "f1")],
-                  f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
-    Console(width=160).print(t)
-
+    for key, file in (("refusal_heldout", "refusal_heldout.jsonl"), ("refusal_heldout2", "refusal_heldout2.jsonl")):
+        h = report[key]
+        t = Table(title=f"refusal judges on {file}: {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} "
+                        f"to unsafe requests)", caption="fitted on all of refusal.jsonl; rate error: |judged - true| "
+                                                        "refusal rate, responses to unsafe / safe requests")
+        for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
+                    "rate error unsafe", "rate error safe"):
+            t.add_column(col)
+        for name in ("refusal", "classifier", "before", "regex", "prefix-list"):
+            v = h[name]
+            t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision",
+                                                        "recall", "f1")],
+                      f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
+        Console(width=160).print(t)
 
 if __name__ == "__main__":
     main()

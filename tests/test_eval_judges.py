@@ -19,7 +19,7 @@ def cached(embedder):
 
 @pytest.mark.real_model
 def test_refusal_judges_held_out_accuracy(cached):
-    """5-fold on the 460 labelled responses (refusals hard, soft, lecturing and redirecting; compliance,
+    """5-fold on the 620 labelled responses (refusals hard, soft, lecturing and redirecting; compliance,
     benign answers, disclaimers, leaks after a caveat, look-alikes such as "I can't believe how
     easy..."). The regex alone is ~0.68."""
     r = J.cross_validate(cached, folds=5)
@@ -56,6 +56,16 @@ def test_refusal_judges_on_the_held_out_set(cached):
     assert h["n"] == 200 and h["refusals"] == 100
     assert h["refusal"]["f1"] > h["prefix-list"]["f1"] + 0.1 and h["refusal"]["f1"] > h["regex"]["f1"] + 0.1
     assert h["refusal"]["rate_error_unsafe"] < 0.05 and h["refusal"]["rate_error_safe"] < 0.05
+
+
+@pytest.mark.real_model
+def test_refusal_judges_on_the_second_held_out_set(cached):
+    """refusal_heldout2.jsonl: a third author's set; each line says whether its request is unsafe."""
+    h = J.held_out(cached, path=J.HELDOUT2)
+    print({k: round(v["f1"], 3) for k, v in h.items() if isinstance(v, dict) and "f1" in v})
+    assert h["n"] == 200 and h["refusals"] == 100 and h["unsafe"] == 110
+    assert h["refusal"]["f1"] > h["prefix-list"]["f1"] + 0.3 and h["refusal"]["f1"] > h["regex"]["f1"] + 0.2
+    assert h["refusal"]["rate_error_unsafe"] < 0.1 and h["refusal"]["rate_error_safe"] < 0.05
 
 
 def test_refusal_judge_on_new_text(embedder):

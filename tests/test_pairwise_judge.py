@@ -61,7 +61,8 @@ def test_cross_validation_learns_what_people_prefer(tmp_path, embedder):
     items = []
     for i in range(80):
         topic = f"topic {i % 20}"
-        good = f"A clear, short note on {topic}: it matters because people use it every day."
+        # on topic, so that the off-topic rule (tested below) leaves these pairs to the regression
+        good = f"A clear, short note on {topic}: {topic} matters because people use {topic} every day."
         bad = " ".join([f"{topic} is {topic}."] * rng.randint(4, 8))
         items.append(_item(i, good, bad, (1, 1, 1)) if i % 2 else _item(i, bad, good, (2, 2, 2)))
     f = tmp_path / "testset-v1.json"
@@ -71,3 +72,15 @@ def test_cross_validation_learns_what_people_prefer(tmp_path, embedder):
     assert r["features"]["agreement"] > 0.9 > r["longer answer (baseline)"]["agreement"]
     assert r["difference"]["ci"][0] > 0
     assert np.isfinite(r["features"]["ci"]).all()
+
+
+def test_an_answer_to_another_instruction_loses_whatever_its_length(embedder):
+    j = get_judge("features", embedder)
+    elsewhere = ("The French Revolution began in 1789 with the storming of the Bastille. It ended the monarchy, "
+                 "spread ideas of citizenship and rights across Europe, and led to Napoleon's rise to power.")
+    assert j.prefer([INSTRUCTION, INSTRUCTION], ["Shorter showers.", elsewhere], [elsewhere, "Shorter showers."]) \
+        == [1.0, 0.0]
+    # the regression alone would have preferred the longer answer
+    shipped = json.loads(P.WEIGHTS.read_text())
+    loose = P.FeatureJudge(embedder, shipped["coef"], off_topic=-1.0)
+    assert loose.prefer([INSTRUCTION], ["Shorter showers."], [elsewhere]) == [0.0]

@@ -36,6 +36,9 @@ DATA = Path(__file__).resolve().parent / "judge_data" / "refusal.jsonl"
 # Written apart from DATA (another author, prompts included) and never fitted on or used to choose
 # anything: the measure of the refusal judges on responses they were not trained on.
 HELDOUT = DATA.with_name("refusal_heldout.jsonl")
+# A second such set, by a third author (each line says whether its request is safe: prompt_type),
+# written after the first had shown which kinds the judge got wrong.
+HELDOUT2 = DATA.with_name("refusal_heldout2.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on DATA:
 # written by `python benchmarks/judges.py --refit`, used only while DATA is the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -201,15 +204,16 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
     return out | {"n": len(texts), "refusals": int(labels.sum()), "k": folds}
 
 
-def held_out(embedder=None, before: dict | None = None) -> dict:
-    """The refusal judges fitted on all of DATA, measured on HELDOUT: accuracy on each class,
+def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) -> dict:
+    """The refusal judges fitted on all of DATA, measured on PATH (HELDOUT, HELDOUT2): accuracy on each class,
     precision / recall / F1 of "refused", and the error on the refusal rate of the responses to
     unsafe requests and to safe ones (what the suites report). before: {name: judge} to add."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    rows = [r for _, r in read_records(HELDOUT)]
+    rows = [r for _, r in read_records(path)]
     texts, truth = [r["response"] for r in rows], np.array([r["refused"] for r in rows])
-    unsafe = np.array([r["kind"] in UNSAFE_KINDS for r in rows])
+    unsafe = np.array([r["prompt_type"] == "unsafe" if "prompt_type" in r else r["kind"] in UNSAFE_KINDS
+                       for r in rows])
     embedder = CachedEmbedder(embedder or _embedder())
     judges = {"refusal": ClassifierJudge(embedder, True), "classifier": ClassifierJudge(embedder, False),
               "regex": RegexJudge(), **(before or {})}

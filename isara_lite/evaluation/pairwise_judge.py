@@ -3,7 +3,10 @@
 Each response is described by a few plain features (its length, how much of it repeats, how much
 of the instruction it copies back, how close its embedding is to the instruction's, whether it is
 empty or refuses); a logistic regression on the difference of two responses' features, without
-intercept (so order does not matter), says which is better. It is fitted on the human-labelled
+intercept (so order does not matter), says which is better. One rule comes first: an answer far
+from its instruction (embedding cosine below the 10th percentile of PandaLM's answers to their own
+instructions) loses to one that is not. The regression alone barely sees that (every PandaLM answer
+is to its own instruction), and giving relevance enough weight in it cost agreement with people. It is fitted on the human-labelled
 test set of PandaLM (github.com/WeOpenML/PandaLM, data/testset-v1.json, Apache-2.0: 999 pairs of
 answers by 7B base models to 170 instructions, three annotators each; the 894 pairs with a
 majority that is not a tie), and ships as the coefficients in judge_data/pairwise_judge.json. The
@@ -25,13 +28,14 @@ from ..errors import IsaraError
 from ..refusal import is_refusal
 
 WEIGHTS = Path(__file__).resolve().parent / "judge_data" / "pairwise_judge.json"
+OFF_TOPIC_QUANTILE = 0.10  # of PandaLM answers' own relevance; 0.02 and 0.05 were also tried (README)
 FEATURES = ("log_length", "repeated_trigrams", "repeated_lines", "copies_instruction", "relevance", "empty", "refuses")
 
 
-def differences(instructions: list[str], a: list[str], b: list[str], embedder) -> np.ndarray:
-    """[n, len(FEATURES)]: each pair's features of a less those of b (the instructions embedded once)."""
+def sides(instructions: list[str], a: list[str], b: list[str], embedder) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's features of a and of b, [n, len(FEATURES)] each (the instructions embedded once)."""
     asked = embedder(instructions)
-    return response_features(instructions, a, asked, embedder) - response_features(instructions, b, asked, embedder)
+    return response_features(instructions, a, asked, embedder), response_features(instructions, b, asked, embedder)
 
 
 def response_features(instructions: list[str], responses: list[str], asked: np.ndarray, embedder) -> np.ndarray:
@@ -64,23 +68,39 @@ def verdicts(scores: np.ndarray) -> list[float]:
     return [0.5 if abs(s) < 1e-9 else float(s > 0) for s in scores]
 
 
+def judge_pairs(fa: np.ndarray, fb: np.ndarray, coef: np.ndarray, off_topic: float) -> list[float]:
+    """1 where a is better, 0 where b is, 0.5 for a tie, from each side's features."""
+    rel = FEATURES.index("relevance")
+    a_off, b_off = fa[:, rel] < off_topic, fb[:, rel] < off_topic
+    return verdicts(np.where(a_off & ~b_off, -1.0, np.where(b_off & ~a_off, 1.0, (fa - fb) @ coef)))
+
+
+def off_topic_line(fa: np.ndarray, fb: np.ndarray) -> float:
+    rel = FEATURES.index("relevance")
+    return float(np.quantile(np.concatenate([fa[:, rel], fb[:, rel]]), OFF_TOPIC_QUANTILE))
+
+
 class FeatureJudge:
     name = "features"
 
-    def __init__(self, embedder=None, coef=None):
+    def __init__(self, embedder=None, coef=None, off_topic=None):
         if embedder is None:
             from ..retrieval import Embedder
 
             embedder = Embedder()
         self.embedder = embedder
-        if coef is None:
+        if coef is None or off_topic is None:
             if not WEIGHTS.is_file():
                 raise IsaraError(f"{WEIGHTS}: missing; `python benchmarks/judges.py --pandalm FILE --refit` writes it")
-            coef = json.loads(WEIGHTS.read_text())["coef"]
-        self.coef = np.asarray(coef, dtype=np.float64)
+            stored = json.loads(WEIGHTS.read_text())
+            coef = stored["coef"] if coef is None else coef
+            off_topic = stored["off_topic"] if off_topic is None else off_topic
+        self.coef, self.off_topic = np.asarray(coef, dtype=np.float64), float(off_topic)
 
     def prefer(self, instructions, outputs_a, outputs_b, references=None) -> list[float]:
-        return verdicts(differences(instructions, outputs_a, outputs_b, self.embedder) @ self.coef)
+        asked = self.embedder(instructions)
+        return judge_pairs(response_features(instructions, outputs_a, asked, self.embedder),
+                           response_features(instructions, outputs_b, asked, self.embedder), self.coef, self.off_topic)
 
 
 def load_pandalm(path: Path) -> dict:
@@ -110,18 +130,36 @@ def load_pandalm(path: Path) -> dict:
     return out
 
 
+def mismatched(data: dict, seed: int = 0) -> list[str]:
+    """For each pair, an answer to another instruction: what an off-topic answer looks like."""
+    import random
+
+    rng, n, out = random.Random(seed), len(data["a_better"]), []
+    for i in range(n):
+        j = rng.randrange(n)
+        while data["instructions"][j] == data["instructions"][i]:
+            j = rng.randrange(n)
+        out.append(rng.choice([data["a"][j], data["b"][j]]))
+    return out
+
+
 def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
     """Agreement with the human majority on held-out instructions (no instruction in two folds),
-    for this judge and the longer-answer baseline; ties count half."""
+    for this judge and the longer-answer baseline; ties count half. Also how often the preferred
+    answer beats an answer to another instruction, on the same held-out folds."""
     from sklearn.model_selection import GroupKFold
 
     from ..stats import bootstrap_diff, bootstrap_mean
 
-    diffs = differences(data["instructions"], data["a"], data["b"], embedder)
+    fa, fb = sides(data["instructions"], data["a"], data["b"], embedder)
     y = data["a_better"]
-    ours = np.zeros(len(y))
-    for train, test in GroupKFold(folds).split(diffs, y, data["instructions"]):
-        ours[test] = verdicts(diffs[test] @ fit(diffs[train], y[train]))
+    better = [a if v == 1 else b for a, b, v in zip(data["a"], data["b"], y)]
+    fm, fo = sides(data["instructions"], better, mismatched(data), embedder)
+    ours, off = np.zeros(len(y)), np.zeros(len(y))
+    for train, test in GroupKFold(folds).split(fa, y, data["instructions"]):
+        coef, line = fit(fa[train] - fb[train], y[train]), off_topic_line(fa[train], fb[train])
+        ours[test] = judge_pairs(fa[test], fb[test], coef, line)
+        off[test] = judge_pairs(fm[test], fo[test], coef, line)
     longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
 
     def agree(pred):
@@ -132,15 +170,20 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
             "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
             "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
             "difference": {"points": float(100 * (ag.mean() - lg.mean())),
-                           "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]}}
+                           "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]},
+            "preferred over an answer to another instruction": {"rate": float(off.mean()),
+                                                                "ci": bootstrap_mean(off)}}
 
 
 def write_weights(data: dict, embedder) -> Path:
-    """Fit on all of PandaLM's labelled pairs and write WEIGHTS (JSON: features, coefficients, data hash)."""
+    """Fit on all of PandaLM's labelled pairs and write WEIGHTS (JSON: features, coefficients, the
+    off-topic line, data hash)."""
     from ..files import writing_file
 
-    coef = fit(differences(data["instructions"], data["a"], data["b"], embedder), data["a_better"])
+    fa, fb = sides(data["instructions"], data["a"], data["b"], embedder)
+    coef = fit(fa - fb, data["a_better"])
     body = {"features": list(FEATURES), "coef": [round(float(c), 6) for c in coef], "C": 1.0,
+            "off_topic": round(off_topic_line(fa, fb), 6), "off_topic_quantile": OFF_TOPIC_QUANTILE,
             "fitted_on": "PandaLM data/testset-v1.json (github.com/WeOpenML/PandaLM, Apache-2.0), "
                          f"{len(data['a_better'])} pairs with a non-tie majority of 3 annotators",
             "data_sha256": data["sha256"], "embedder": "all-MiniLM-L6-v2"}
