@@ -22,6 +22,7 @@ from pathlib import Path
 from . import baselines as bl
 from .errors import IsaraError
 from .evaluation import datasets as ds
+from .evaluation.judges import judge_versions
 from .evaluation.run import NEEDS, SUITES, evaluate
 from .evaluation.tables import legend, markdown, stored_rows, table, table_data
 from .files import atomic_write_json, atomic_write_text
@@ -121,7 +122,8 @@ def _setup(recipes, suites, data, limit, max_tokens, out: Path, ui: UI, embedder
         for name in NEEDS[s]:
             ds.locate(name, data)
     out.mkdir(parents=True, exist_ok=True)
-    _pin(out, {"limit": limit, "max_tokens": max_tokens, "data": str(Path(data).resolve()) if data else None})
+    _pin(out, {"limit": limit, "max_tokens": max_tokens, "data": str(Path(data).resolve()) if data else None,
+               "judges": judge_versions()})
     if embedder is None:
         from .retrieval import Embedder
 

@@ -119,6 +119,12 @@ def test_changed_settings_and_unknown_baseline_are_refused(compared):
         cmp.compare(compared["recipe"], **args)
     with pytest.raises(IsaraError, match="unknown 'icl-nn'"):
         cmp.compare(compared["recipe"], **{**compared["args"], "baselines": ("icl-nn",)})
+    # cells judged by another fit of the default judges are not mixed in
+    pinned = compared["root"] / "out" / "settings.json"
+    settings = json.loads(pinned.read_text())
+    assert settings["judges"]["pairwise"].startswith("features ")
+    with pytest.raises(IsaraError, match=r"other settings \(judges\)"):
+        cmp._pin(pinned.parent, {**settings, "judges": {**settings["judges"], "refusal": "refusal 000000000000"}})
 
 
 def test_report_plots_compare_json(compared, tmp_path):

@@ -1,5 +1,6 @@
 """Instruction following: AlpacaEval prompts, win rate against the pretrained model's own outputs
-(the paper's protocol) by a pairwise judge (default: ROUGE-L closeness to GPT-4's outputs), and
+(the paper's protocol) by a pairwise judge (default `features`, fitted on human preferences; `reference`: ROUGE-L to
+GPT-4's outputs), and
 alpaca_eval-format model_outputs.json for the official tooling. The pretrained answers are the
 plain model's: no adapter, demonstrations or gate."""
 

@@ -7,11 +7,11 @@ Refusal judges (safety suite) say whether each response declines its request:
                examples written for this project) and shipped fitted (refusal_judge.safetensors)
   refusal      (default) the same classifier with the regex and prefix-list verdicts as two more features
 Pairwise judges (instructions suite) say which of two outputs is better, 1 / 0 / 0.5 for a tie:
-  reference        (default) higher ROUGE-L F1 to a reference answer (AlpacaEval: GPT-4's outputs)
+  features         (default) no reference needed: a logistic regression on two responses' features
+                   (length, repetition, copying the instruction, relevance, empty, refusing), fitted on
+                   PandaLM's human preference labels, after an off-topic rule (pairwise_judge.py)
+  reference        higher ROUGE-L F1 to a reference answer (AlpacaEval: GPT-4's outputs)
   reference-embed  higher embedding cosine to the reference
-  features         no reference needed: a logistic regression on two responses' features (length,
-                   repetition, copying the instruction, relevance, empty, refusing), fitted on
-                   PandaLM's human preference labels (pairwise_judge.py)
 Both kinds:
   llm:MODEL        any isara model (card, .gguf, dir) asked for a verdict; the verdict is read from
                    score(), the likelihood of the answer words, so nothing is parsed
@@ -367,7 +367,19 @@ class EndpointJudge:
 
 
 REFUSAL_JUDGES = ("refusal", "regex", "classifier")
-PAIRWISE_JUDGES = ("reference", "reference-embed", "features")
+PAIRWISE_JUDGES = ("features", "reference", "reference-embed")
+DEFAULTS = {"refusal": "refusal", "pairwise": "features"}
+
+
+def judge_versions() -> dict:
+    """The default judges and the data they were fitted on, so that a compare folder does not mix
+    cells judged by an older fit with new ones."""
+    import hashlib
+
+    from .pairwise_judge import WEIGHTS as PAIRWISE_WEIGHTS
+
+    return {"refusal": f"{DEFAULTS['refusal']} {_data_hash()[:12]}",
+            "pairwise": f"{DEFAULTS['pairwise']} {hashlib.sha256(PAIRWISE_WEIGHTS.read_bytes()).hexdigest()[:12]}"}
 
 
 def get_judge(name: str, embedder=None, backend: str = "auto", threads: int = 0):

@@ -27,7 +27,7 @@ from ..prompts import Renderer, get_format
 from ..rundir import run_adapter
 from ..ui import UI
 from . import datasets as ds, instructions, safety, truthfulness
-from .judges import PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
+from .judges import DEFAULTS, PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
 from .protocol import Answerer
 from .tables import legend, metric_table, stored_rows, table_data
 
@@ -41,7 +41,7 @@ SIZES = {k: v for m in MODULES.values() for k, v in m.SIZES.items()}
 def _judges(name: str | None, suites, embedder, backend: str, threads: int):
     """The refusal judge for safety and the pairwise judge for instructions; --judge replaces
     whichever kind it is (llm: and openai: judges are both kinds)."""
-    refusal, pairwise = "refusal", "reference"
+    refusal, pairwise = DEFAULTS["refusal"], DEFAULTS["pairwise"]
     if name:
         if name in REFUSAL_JUDGES:
             refusal = name
