@@ -60,8 +60,11 @@ def within_budget(renderer, demos, question: str, count_tokens, budget: int) -> 
 
 
 def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, indices: list[int],
-                   on_generated=None) -> list[Sample]:
-    """Candidates `indices` of iteration `iteration`, deterministic in (recipe.seed, iteration, index)."""
+                   on_generated=None, answers_itself=None) -> list[Sample]:
+    """Candidates `indices` of iteration `iteration`, deterministic in (recipe.seed, iteration, index).
+
+    answers_itself: None (the paper), or a function of the questions giving True where the model
+    answers with no demonstrations (generation.own_answers)."""
     g, k, budget = recipe.generation, recipe.demonstrations, recipe.context_tokens
     count = backend.count_tokens
     stops = renderer.fmt.stops
@@ -85,20 +88,29 @@ def generate_batch(backend, renderer, pools, embedder, recipe, iteration: int, i
     answers = [""] * len(indices)
     a_demos: list[list[Sample]] = [[] for _ in indices]
     if asked:
-        vecs = embedder([questions[j] for j in asked])
+        own = set(j for j, o in zip(asked, answers_itself([questions[j] for j in asked])) if o) \
+            if answers_itself else set()
+        icl = [j for j in asked if j not in own]
+        vecs = embedder([questions[j] for j in icl]) if icl else []
         a_prompts = []
-        for j, vec in zip(asked, vecs):
+        for j, vec in zip(icl, vecs):
             demos = within_budget(renderer, answer_demos(pools, k, vec), questions[j], count, budget)
             a_demos[j] = demos
             a_prompts.append(renderer.answer_prompt(demos, questions[j]))
-        sampling = Sampling(max_tokens=g.answer_max_tokens, temperature=g.answer_temperature, top_p=g.top_p,
-                            top_k=g.top_k, repetition_penalty=g.answer_repetition_penalty, stop=stops,
-                            seed=seed_for(recipe.seed, iteration, indices[0], "a"))
-        a_out = backend.generate(a_prompts, sampling)
-        if on_generated:
-            on_generated(a_out)
-        for j, o in zip(asked, a_out):
-            answers[j] = cut(o.text)
+        # own answers: the chat prompt that training and evaluation use, and their own length
+        calls = [(icl, a_prompts, g.answer_max_tokens, "a"),
+                 (sorted(own), [renderer.chat_prompt(questions[j]) for j in sorted(own)], g.own_max_tokens, "own")]
+        for rows, prompts, max_tokens, tag in calls:
+            if not rows:
+                continue
+            sampling = Sampling(max_tokens=max_tokens, temperature=g.answer_temperature, top_p=g.top_p,
+                                top_k=g.top_k, repetition_penalty=g.answer_repetition_penalty, stop=stops,
+                                seed=seed_for(recipe.seed, iteration, indices[0], tag))
+            a_out = backend.generate(prompts, sampling)
+            if on_generated:
+                on_generated(a_out)
+            for j, o in zip(rows, a_out):
+                answers[j] = cut(o.text)
 
     return [
         Sample(prompt=questions[j], response=answers[j], id=f"it{iteration}-{i}", source="generated",

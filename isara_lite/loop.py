@@ -229,10 +229,18 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
     seen |= {filters.normalize(c.prompt) for c in done if c.kept}
     by_id = {s.id: s for p in pools for s in p.samples}
     kept = sum(1 for c in done if c.kept)
-    consistency = filters.Consistency(pools[0].samples, embedder) if recipe.filters.consistency else None
-    if consistency and consistency.model is None and not done:
-        ui.log(f"filters.consistency: the seeds hold {consistency.refusals} refusals of {consistency.n}; "
-               f"too few of one kind to learn from, so every candidate passes it")
+    classifier = filters.Consistency(pools[0].samples, embedder) \
+        if recipe.filters.consistency or recipe.generation.own_answers else None
+    if classifier and classifier.model is None and not done:
+        ui.log(f"the seeds hold {classifier.refusals} refusals of {classifier.n}: too few of one kind for their "
+               f"question classifier, so filters.consistency passes every candidate and generation.own_answers "
+               f"leaves every answer to the demonstrations")
+    consistency = classifier if recipe.filters.consistency else None
+
+    def answers_itself(questions):  # generation.own_answers: where the seeds would answer, the model does
+        return [not e for e in classifier.expects_refusal(questions)]
+
+    own = answers_itself if recipe.generation.own_answers and classifier.model is not None else None
     with ui.stage(f"iteration {t}: generate + filter", recipe.candidates, len(done)) as update:
         t0, toks = time.time(), [0, 0]
 
@@ -242,7 +250,7 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
 
         for start in range(len(done), recipe.candidates, bs):
             batch = generate_batch(backend, renderer, pools, embedder, recipe, t,
-                                   list(range(start, min(start + bs, recipe.candidates))), on_generated)
+                                   list(range(start, min(start + bs, recipe.candidates))), on_generated, own)
             agree = consistency([c.prompt for c in batch], [c.response for c in batch]) if consistency \
                 else [True] * len(batch)
             for c, ok in zip(batch, agree):

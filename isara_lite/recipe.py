@@ -32,6 +32,9 @@ class GenerationConfig:
     batch_size: int = opt(8, "prompts decoded together")
     questions_per_prompt: int = opt(1, "questions sampled from one set of random demos (paper: 1); "
                                        "more reuses the evaluated prompt")
+    own_answers: bool = opt(False, "not in the paper: questions the seeds' question classifier says should be "
+                                   "answered get the model's own answer, with no demonstrations (README, Deviations)")
+    own_max_tokens: int = opt(200, "tokens per own answer (generation.own_answers)")
 
 
 @dataclass

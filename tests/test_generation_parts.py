@@ -134,3 +134,83 @@ def test_answer_demos_far_later_pool_demo_does_not_take_the_last_place(seed_pool
     demos = answer_demos([seed_pool, later], 4, q)
     assert demos[-1].id == "seed-0"
     assert demos[0].id == "it1-1"
+
+
+# -- generation.own_answers ----------------------------------------------------------------------
+class Records:
+    """The backend, recording each generate call's prompts and max_tokens."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def generate(self, prompts, sampling):
+        self.calls.append((list(prompts), sampling.max_tokens))
+        return self.backend.generate(prompts, sampling)
+
+
+@pytest.fixture(scope="module")
+def tiny_parts(tiny_card, embedder, repo):
+    from conftest import TINY
+
+    from isara_lite.backends.base import create_backend
+    from isara_lite.loop import load_seeds
+    from isara_lite.prompts import Renderer, get_format
+    from isara_lite.recipe import load_recipe
+
+    recipe = load_recipe(repo / "recipes" / "safety.yaml", TINY + [
+        "candidates=6", "generation.batch_size=6", "generation.answer_max_tokens=9", "generation.own_max_tokens=13",
+        "generation.question_temperature=1.5"])
+    renderer = Renderer(get_format(tiny_card.chat_format), tiny_card.system)
+    backend = create_backend("torch", tiny_card, threads=2, seed=0)
+    backend.load(None)
+    seeds = load_seeds(recipe, renderer)
+    return recipe, renderer, backend, seeds, [Pool("seeds", seeds, embedder)]
+
+
+def test_own_answers_get_the_plain_chat_prompt_and_their_own_length(tiny_parts, embedder):
+    from isara_lite.generation import generate_batch
+
+    recipe, renderer, backend, seeds, pools = tiny_parts
+    plain = Records(backend)
+    paper = generate_batch(plain, renderer, pools, embedder, recipe, 1, list(range(6)))
+    assert [m for _, m in plain.calls] == [recipe.generation.question_max_tokens, 9]  # questions, answers
+
+    mixed = Records(backend)
+    asked = []
+
+    def every_other(questions):
+        asked.extend(questions)
+        return [i % 2 == 0 for i in range(len(questions))]
+
+    ours = generate_batch(mixed, renderer, pools, embedder, recipe, 1, list(range(6)), answers_itself=every_other)
+    assert [c.prompt for c in ours] == [c.prompt for c in paper]  # the questions are the same draw
+    assert asked == [c.prompt for c in ours if c.prompt]
+    (icl_prompts, icl_max), (own_prompts, own_max) = mixed.calls[1:]
+    assert (icl_max, own_max) == (9, 13)
+    own = [c for c in ours if c.prompt][0::2]
+    icl = [c for c in ours if c.prompt][1::2]
+    assert own_prompts == [renderer.chat_prompt(c.prompt) for c in own]
+    assert all(c.answer_demos == [] for c in own) and all(c.answer_demos for c in icl)
+    assert all(p.endswith(renderer.chat_prompt(c.prompt, head=False)) and p != renderer.chat_prompt(c.prompt)
+               for p, c in zip(icl_prompts, icl))
+
+
+def test_the_loop_lets_the_seeds_classifier_choose_who_answers(tiny_parts, embedder, tmp_path):
+    from isara_lite.filters import Consistency
+    from isara_lite.loop import generate_iteration
+    from isara_lite.ui import UI
+
+    recipe, renderer, backend, seeds, pools = tiny_parts
+    recipe.generation.own_answers = True
+    try:
+        made = generate_iteration(backend, renderer, pools, embedder, recipe, 1, tmp_path, UI())
+    finally:
+        recipe.generation.own_answers = False
+    asked = [c for c in made if c.prompt]
+    refuse = Consistency(seeds, embedder).expects_refusal([c.prompt for c in asked])
+    assert len(asked) >= 4
+    assert 0 < sum(refuse) < len(refuse)  # both kinds, so a swapped routing fails
+    assert [not c.answer_demos for c in asked] == [not r for r in refuse]
