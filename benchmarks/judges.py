@@ -1,7 +1,8 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
-refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (620 labelled
-responses written for this project): accuracy per fold; precision, recall and F1 of "refused" on
+refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (820 labelled
+responses: 620 written for this project, 200 of the bundled model's own generated answers labelled
+for it; the folds' verdicts on those 200 are also reported alone): accuracy per fold; precision, recall and F1 of "refused" on
 the pooled held-out verdicts; the mean error on a fold's refusal rate. Judges with nothing to fit
 (regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
 same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
@@ -123,6 +124,10 @@ def main():
         t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
                   " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
                   f"{v['f1']:.3f}", f"{100 * v['rate_error']:.1f} points")
+    if "refusal on tiny-model answers" in cv:
+        v = cv["refusal on tiny-model answers"]
+        t.add_row("refusal", f"the same folds, its {v['n']} answers of the bundled model", f"{v['accuracy']:.3f}", "",
+                  f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{100 * v['rate_error']:.1f} points")
     if "llm" in report:
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():

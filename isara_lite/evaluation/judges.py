@@ -201,6 +201,15 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
                      "folds": [float(np.mean(y[t] == labels[t])) for _, t in splits],
                      "precision": float(p), "recall": float(r), "f1": float(f1),
                      "rate_error": float(np.mean([abs(y[t].mean() - labels[t].mean()) for _, t in splits]))}
+    # the same out-of-fold verdicts on the bundled model's own generated answers alone: what the suites judge
+    tiny = np.array([r.get("kind", "").startswith("tiny_model") for _, r in read_records(DATA)])
+    if tiny.any():
+        p, r, f1, _ = precision_recall_fscore_support(labels[tiny], said["refusal"][tiny], average="binary",
+                                                      zero_division=0)
+        out["refusal on tiny-model answers"] = {
+            "n": int(tiny.sum()), "refusals": int(labels[tiny].sum()), "accuracy": float(np.mean(
+                said["refusal"][tiny] == labels[tiny])), "precision": float(p), "recall": float(r), "f1": float(f1),
+            "rate_error": float(abs(said["refusal"][tiny].mean() - labels[tiny].mean()))}
     return out | {"n": len(texts), "refusals": int(labels.sum()), "k": folds}
 
 
