@@ -73,6 +73,20 @@ def finished(tmp_path_factory):
     return recipe, out, align(recipe, out)
 
 
+class Records:
+    """A backend that records each generate call's prompts and max_tokens, then generates."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def generate(self, prompts, sampling):
+        self.calls.append((list(prompts), sampling.max_tokens))
+        return self.backend.generate(prompts, sampling)
+
+
 def isara(*args):
     """Run `isara ARGS` through cli.main (what the `isara` script calls) in this process, so that tests
     share one import of torch; its exit code, stdout and stderr, as subprocess.run gives them.

@@ -137,20 +137,6 @@ def test_answer_demos_far_later_pool_demo_does_not_take_the_last_place(seed_pool
 
 
 # -- generation.own_answers ----------------------------------------------------------------------
-class Records:
-    """The backend, recording each generate call's prompts and max_tokens."""
-
-    def __init__(self, backend):
-        self.backend, self.calls = backend, []
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def generate(self, prompts, sampling):
-        self.calls.append((list(prompts), sampling.max_tokens))
-        return self.backend.generate(prompts, sampling)
-
-
 @pytest.fixture(scope="module")
 def tiny_parts(tiny_card, embedder, repo):
     from conftest import TINY
@@ -171,6 +157,8 @@ def tiny_parts(tiny_card, embedder, repo):
 
 
 def test_own_answers_get_the_plain_chat_prompt_and_their_own_length(tiny_parts, embedder):
+    from conftest import Records
+
     from isara_lite.generation import generate_batch
 
     recipe, renderer, backend, seeds, pools = tiny_parts

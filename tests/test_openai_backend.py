@@ -27,7 +27,7 @@ from isara_lite.backends.base import Sampling, create_backend
 from isara_lite.backends.openai import OpenAIBackend
 from isara_lite.errors import IsaraError
 
-from conftest import REPO
+from conftest import REPO, Records
 
 SERVER_MODULES = ["openai", "llama_cpp", "fastapi", "uvicorn", "sse_starlette", "starlette_context",
                   "pydantic_settings"]
@@ -368,18 +368,6 @@ class KillsTheServer:
         return self.backend.generate(prompts, sampling)
 
 
-class Counts:
-    def __init__(self, backend):
-        self.backend, self.prompts = backend, []
-
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
-
-    def generate(self, prompts, sampling):
-        self.prompts.append((len(prompts), sampling.max_tokens))
-        return self.backend.generate(prompts, sampling)
-
-
 def test_a_run_resumed_after_the_server_died_equals_an_uninterrupted_one(running, card, renderer, embedder,
                                                                           tmp_path):
     from isara_lite.loop import generate_iteration, load_seeds
@@ -408,9 +396,9 @@ def test_a_run_resumed_after_the_server_died_equals_an_uninterrupted_one(running
     assert len(written) == 2
 
     running.start()
-    again = Counts(OpenAIBackend(card, base_url=running.url))
+    again = Records(OpenAIBackend(card, base_url=running.url))
     resumed = iteration(again, out)
-    questions = sum(n for n, max_tokens in again.prompts if max_tokens == recipe.generation.question_max_tokens)
+    questions = sum(len(p) for p, max_tokens in again.calls if max_tokens == recipe.generation.question_max_tokens)
     assert questions == 2  # only the unfinished batches were sent again
     assert [c.to_dict() for c in resumed] == [c.to_dict() for c in whole]
     assert [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()] == \
