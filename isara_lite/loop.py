@@ -263,8 +263,9 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
             append_jsonl(path, [c.to_dict() for c in batch])
             done += batch
             dt = time.time() - t0
-            update(len(batch), kept=kept, **{"cand/s": f"{(len(done) - whole) / dt:.2f}",
-                                            "gen tok/s": f"{toks[1] / dt:.0f}", "prompt tok": toks[0]})
+            mine = {"own answers": sum(1 for c in done if c.prompt and not c.answer_demos)} if own else {}
+            update(len(batch), kept=kept, **mine, **{"cand/s": f"{(len(done) - whole) / dt:.2f}",
+                                                     "gen tok/s": f"{toks[1] / dt:.0f}", "prompt tok": toks[0]})
     return done
 
 
