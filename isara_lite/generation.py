@@ -1,5 +1,6 @@
 """ISARA steps 1-2: new questions by ICL from random demonstrations, answers by ICL from
-demonstrations retrieved by question similarity. No instruction text anywhere.
+demonstrations retrieved by question similarity (or, with generation.own_answers, the model's own
+answer where the seeds' classifier says a question is answered). No instruction text anywhere.
 
 Demonstrations per prompt: one from each earlier iteration's pool, the rest from the seeds.
 """

@@ -232,9 +232,11 @@ def generate_iteration(backend, renderer, pools, embedder, recipe, t: int, it: P
     classifier = filters.Consistency(pools[0].samples, embedder) \
         if recipe.filters.consistency or recipe.generation.own_answers else None
     if classifier and classifier.model is None and not done:
+        what = [w for w, on in (("filters.consistency passes every candidate", recipe.filters.consistency),
+                                ("generation.own_answers leaves every answer to the demonstrations",
+                                 recipe.generation.own_answers)) if on]
         ui.log(f"the seeds hold {classifier.refusals} refusals of {classifier.n}: too few of one kind for their "
-               f"question classifier, so filters.consistency passes every candidate and generation.own_answers "
-               f"leaves every answer to the demonstrations")
+               f"question classifier, so {' and '.join(what)}")
     consistency = classifier if recipe.filters.consistency else None
 
     def answers_itself(questions):  # generation.own_answers: where the seeds would answer, the model does

@@ -202,3 +202,19 @@ def test_the_loop_lets_the_seeds_classifier_choose_who_answers(tiny_parts, embed
     assert len(asked) >= 4
     assert 0 < sum(refuse) < len(refuse)  # both kinds, so a swapped routing fails
     assert [not c.answer_demos for c in asked] == [not r for r in refuse]
+
+
+def test_own_answers_need_seeds_of_both_kinds(tiny_parts, embedder, repo, tmp_path):
+    """Seeds that never refuse leave the classifier nothing to learn: every answer stays the paper's."""
+    from isara_lite.loop import generate_iteration, load_seeds
+    from isara_lite.ui import UI
+
+    recipe, renderer, backend, _, _ = tiny_parts
+    recipe.generation.own_answers, recipe.seeds = True, "seeds/truthfulness.jsonl"
+    try:
+        seeds = load_seeds(recipe, renderer)
+        made = generate_iteration(backend, renderer, [Pool("seeds", seeds, embedder)], embedder, recipe, 1, tmp_path,
+                                  UI())
+    finally:
+        recipe.generation.own_answers, recipe.seeds = False, "seeds/safety.jsonl"
+    assert all(c.answer_demos for c in made if c.prompt) and sum(1 for c in made if c.prompt) >= 4

@@ -4,7 +4,8 @@ Refusal judges (safety suite) say whether each response declines its request:
   regex        the built-in check's rules (refusal.is_refusal)
   classifier   logistic regression on all-MiniLM-L6-v2 embeddings of the response (its first sentence,
                its opening, the mean of its sentences), fitted on judge_data/refusal.jsonl (labelled
-               examples written for this project) and shipped fitted (refusal_judge.safetensors)
+               examples written for this project and answers of the bundled model) and shipped
+               fitted (refusal_judge.safetensors)
   refusal      (default) the same classifier with the regex and prefix-list verdicts as two more features
 Pairwise judges (instructions suite) say which of two outputs is better, 1 / 0 / 0.5 for a tie:
   features         (default) no reference needed: a logistic regression on two responses' features

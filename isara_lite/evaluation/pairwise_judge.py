@@ -5,11 +5,11 @@ of the instruction it copies back, how close its embedding is to the instruction
 empty or refuses); a logistic regression on the difference of two responses' features, without
 intercept (so order does not matter), says which is better. One rule comes first: an answer far
 from its instruction (embedding cosine below the 10th percentile of PandaLM's answers to their own
-instructions) loses to one that is not. The regression alone barely sees that (every PandaLM answer
-is to its own instruction), and giving relevance enough weight in it cost agreement with people. It is fitted on the human-labelled
-test set of PandaLM (github.com/WeOpenML/PandaLM, data/testset-v1.json, Apache-2.0: 999 pairs of
-answers by 7B base models to 170 instructions, three annotators each; the 894 pairs with a
-majority that is not a tie), and ships as the coefficients in judge_data/pairwise_judge.json. The
+instructions) loses to one that is not. The regression alone barely sees that (every PandaLM
+answer is to its own instruction), and giving relevance enough weight in it cost agreement with
+people. It is fitted on the human-labelled test set of PandaLM (github.com/WeOpenML/PandaLM,
+data/testset-v1.json, Apache-2.0: 999 pairs of answers by 7B base models to 170 instructions, three
+annotators each; the 894 pairs with a majority that is not a tie), and ships as the coefficients in judge_data/pairwise_judge.json. The
 data is not in this repository: `python benchmarks/judges.py --pandalm FILE` measures it
 (grouped by instruction, against the longer-answer baseline) and `--refit` writes the file again.
 """
