@@ -46,12 +46,11 @@ def test_load_pandalm_keeps_majorities_that_are_not_ties(tmp_path):
     assert d["a_better"].tolist() == [1.0, 0.0]  # the tie majority and the three-way split are dropped
     assert d["b"][1] == "" and d["instructions"][1].endswith("\nsome input")
     bad = tmp_path / "bad.json"
-    bad.write_text('[{"instruction": "x"}]')
-    with pytest.raises(IsaraError, match=r"bad.json: item 0: field 'input': missing"):
-        P.load_pandalm(bad)
-    bad.write_text("{nope")
-    with pytest.raises(IsaraError, match=r"bad.json: not PandaLM"):
-        P.load_pandalm(bad)
+    for text, error in (('[{"instruction": "x"}]', r"bad.json: item 0: field 'input': missing"),
+                        ("{nope", r"bad.json: not PandaLM")):
+        bad.write_text(text)
+        with pytest.raises(IsaraError, match=error):
+            P.load_pandalm(bad)
 
 
 def test_cross_validation_learns_what_people_prefer(tmp_path, embedder):

@@ -3,9 +3,10 @@
 Two costs of generate that dominate a decode step on a CPU (measured on the quickstart's batch of
 16 answer prompts, 2 threads): its dynamic cache concatenates every layer's keys and values each
 step (a copy of the whole cache: 104 ms a greedy step with it, 85 ms with a static cache), and
-sampling sorts the whole 49k vocabulary for top-p and draws over all of it (about 50 ms a step). Here the cache is transformers'
-StaticCache (written in place) and top-p runs on the top-k only. The distribution is the one
-generate samples from: penalty, temperature, top-k, then top-p on what is left.
+sampling sorts the whole 49k vocabulary for top-p and draws over all of it (about 50 ms a step).
+Here the cache is transformers' StaticCache (written in place) and top-p runs on the top-k only.
+The distribution is the one generate samples from: penalty, temperature, top-k, then top-p on what
+is left.
 """
 
 from __future__ import annotations
