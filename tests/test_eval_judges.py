@@ -43,11 +43,12 @@ def test_the_shipped_judges_are_fitted_on_the_labelled_data(cached):
     import numpy as np
 
     texts, labels = J.load_labelled()
-    for name, with_regex in (("refusal", True), ("classifier", False)):
+    for name, lexical in (("refusal", True), ("classifier", False)):
         shipped = J.shipped_weights(name)
         assert shipped is not None, f"{J.WEIGHTS} missing or fitted on other data"
-        fresh = J.ClassifierJudge(cached, with_regex, texts, labels)
+        fresh = J.ClassifierJudge(cached, lexical, texts, labels)
         assert fresh.C == shipped[2]
+        assert (shipped[3] is not None) == lexical and (not lexical or shipped[3] == fresh.ngrams.get_feature_names_out().tolist())
         assert np.allclose(fresh.coef, shipped[0], atol=1e-4) and abs(fresh.intercept - shipped[1]) < 1e-4
 
 
