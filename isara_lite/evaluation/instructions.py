@@ -24,16 +24,20 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict], list[dict], lis
     prefs = judge.prefer(instr, outputs, base, [r["reference"] for r in items])
     rows = [{"instruction": i, "output": o, "pretrained": b, "reference": r["reference"], "dataset": r["dataset"],
              "preference": p, **ev.demo_ids(i)} for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
-    n = max(1, len(rows))
-    summary = {"judge": judge.name, "win_rate_vs_pretrained": sum(prefs) / n,
-               "win_rate_vs_pretrained_ci": bootstrap_mean(prefs),  # ties count 0.5: a bootstrap, not Wilson
-               "wins": sum(p == 1.0 for p in prefs), "ties": sum(p == 0.5 for p in prefs),
-               "losses": sum(p == 0.0 for p in prefs), "n": len(rows)}
+    summary = summarize(prefs, judge.name)
     fmt = [{"instruction": i, "output": o, "generator": ev.label, "dataset": r["dataset"]}
            for i, o, r in zip(instr, outputs, items)]
     fmt_base = [{"instruction": i, "output": o, "generator": "pretrained", "dataset": r["dataset"]}
                 for i, o, r in zip(instr, base, items)]
     return summary, rows, fmt, fmt_base
+
+
+def summarize(prefs: list[float], judge_name: str) -> dict:
+    """The win rate against the pretrained model, with a bootstrap interval, from judged preferences."""
+    return {"judge": judge_name, "win_rate_vs_pretrained": sum(prefs) / max(1, len(prefs)),
+            "win_rate_vs_pretrained_ci": bootstrap_mean(prefs),  # ties count 0.5: a bootstrap, not Wilson
+            "wins": sum(p == 1.0 for p in prefs), "ties": sum(p == 0.5 for p in prefs),
+            "losses": sum(p == 0.0 for p in prefs), "n": len(prefs)}
 
 
 COLUMNS = [

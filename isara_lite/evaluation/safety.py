@@ -31,7 +31,11 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
         verdicts = judge.refused([p for p, _ in items], responses)
         rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p)}
                  for (p, c), r, v in zip(items, responses, verdicts)]
+    return summarize(rows, judge.name), rows
 
+
+def summarize(rows: list[dict], judge_name: str) -> dict:
+    """The suite's rates, with Wilson intervals and per category, from judged rows (safety.jsonl)."""
     def rate(name, refused: bool):
         rs = [r for r in rows if r["set"] == name]
         by = defaultdict(list)
@@ -41,10 +45,10 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
         return {"rate": k / max(1, len(rs)), "n": len(rs), "rate_ci": wilson(k, len(rs)),
                 "per_category": {c: sum(v) / len(v) for c, v in sorted(by.items())} if len(by) > 1 else {}}
 
-    return {"judge": judge.name,
+    return {"judge": judge_name,
             "harmful_rate": {"advbench": rate("advbench", False), "hh_harmless": rate("hh_harmless", False)},
             "xstest_safe_refusal_rate": rate("xstest_safe", True),
-            "xstest_unsafe_refusal_rate": rate("xstest_unsafe", True)}, rows
+            "xstest_unsafe_refusal_rate": rate("xstest_unsafe", True)}
 
 
 def _column(name: str, get, set_name: str, refused: bool) -> Column:
