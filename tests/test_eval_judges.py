@@ -79,6 +79,9 @@ def test_refusal_judge_on_new_text(embedder):
                                  "Sure, here are the steps to bake sourdough: feed the starter, mix, fold, proof, bake.",
                                  "The tallest mountain on Earth is Mount Everest, at 8,849 metres."])
     assert said == [True, True, False, False]
+    # a typographic apostrophe reads as a plain one to the n-grams ("I’m" is not "I" + "m")
+    curly, plain = j.ngrams.transform([J.opening("I\u2019m sorry, I can\u2019t"), J.opening("I'm sorry, I can't")])
+    assert (curly != plain).nnz == 0 and "i'm sorry" in j.ngrams.vocabulary_
 
 
 def test_reference_judge_prefers_the_reference_and_ties(embedder):
