@@ -3,7 +3,7 @@
 refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (820 labelled
 responses: 620 written for this project, 200 of the bundled model's own generated answers labelled
 for it; the folds' verdicts on those 200 are also reported alone): accuracy per fold; precision, recall and F1 of "refused" on
-the pooled held-out verdicts; the mean error on a fold's refusal rate. Judges with nothing to fit
+the pooled held-out verdicts, with a bootstrap interval for F1; the mean error on a fold's refusal rate. Judges with nothing to fit
 (regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
 same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
 responses to 200 requests, written apart and never fitted on) and on refusal_heldout2.jsonl (200 more,
@@ -38,6 +38,7 @@ from isara_lite.evaluation.judges import (HELDOUT2, WINDOW, ReferenceJudge, Cach
                                           load_labelled, write_weights)
 from isara_lite.refusal import is_refusal
 from isara_lite.retrieval import Embedder
+from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,11 +124,12 @@ def main():
         v = cv[name]
         t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
                   " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
-                  f"{v['f1']:.3f}", f"{100 * v['rate_error']:.1f} points")
+                  show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
     if "refusal on tiny-model answers" in cv:
         v = cv["refusal on tiny-model answers"]
         t.add_row("refusal", f"the same folds, its {v['n']} answers of the bundled model", f"{v['accuracy']:.3f}", "",
-                  f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", f"{100 * v['rate_error']:.1f} points")
+                  f"{v['precision']:.3f}", f"{v['recall']:.3f}", show(v["f1"], "3f", v["f1_ci"]),
+                  f"{100 * v['rate_error']:.1f} points")
     if "llm" in report:
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():
@@ -156,7 +158,7 @@ def main():
         for name in ("refusal", "classifier", "before", "regex", "prefix-list"):
             v = h[name]
             t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision",
-                                                        "recall", "f1")],
+                                                        "recall")], show(v["f1"], "3f", v["f1_ci"]),
                       f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
         Console(width=160).print(t)
 

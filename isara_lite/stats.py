@@ -63,6 +63,21 @@ def bootstrap_diff(a, b, paired: bool, n_boot: int = N_BOOT, seed: int = 0) -> l
     return _boot((a, b), lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis), n_boot, seed)
 
 
+def bootstrap_f1(truth, said, n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval for the F1 of yes-verdicts SAID against TRUTH, items resampled together
+    (F1 is not a mean of per-item values, so neither Wilson nor bootstrap_mean applies)."""
+    t, s = np.asarray(truth, dtype=bool), np.asarray(said, dtype=bool)
+    if len(t) < 2:
+        return None
+    idx = np.random.default_rng(seed).integers(0, len(t), (n_boot, len(t)))
+    tt, ss = t[idx], s[idx]
+    tp, wrong = (tt & ss).sum(1), (tt != ss).sum(1)
+    # a resample without a single yes, true or said, has no F1: it is left out, not counted as 0
+    f1 = np.where(2 * tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), np.nan)
+    lo, hi = np.nanpercentile(f1, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return [float(lo), float(hi)]
+
+
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> list[float] | None:
     """Newcombe's hybrid score interval for k1/n1 - k2/n2 (independent samples), from the two
     Wilson intervals (Newcombe 1998, method 10)."""

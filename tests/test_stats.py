@@ -115,3 +115,20 @@ def test_show():
     assert show(0.245, "3f", [0.2121, 0.28]) == "0.245 [0.212-0.280]"
     assert show(-1.91, "2f", [-3.8, 0.02]) == "-1.91 [-3.80, 0.02]"  # a comma: the bounds can be negative
     assert show(0.5, "pct") == "50.0%" and show(None, "pct", [0, 1]) == "-"
+
+
+def test_bootstrap_f1_contains_the_f1_and_narrows_with_more_items():
+    from sklearn.metrics import f1_score
+
+    from isara_lite.stats import bootstrap_f1
+
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (100, 1600):
+        truth = rng.random(n) < 0.5
+        said = np.where(rng.random(n) < 0.9, truth, ~truth)
+        lo, hi = bootstrap_f1(truth, said)
+        assert lo < f1_score(truth, said) < hi and bootstrap_f1(truth, said) == [lo, hi]  # seeded
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # about 1/sqrt(16) as wide
+    assert bootstrap_f1([True, False, True], [True, False, True]) == [1.0, 1.0] and bootstrap_f1([True], [True]) is None

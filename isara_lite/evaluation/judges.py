@@ -33,6 +33,7 @@ import numpy as np
 from ..data import read_records
 from ..errors import IsaraError, where
 from ..refusal import is_refusal
+from ..stats import bootstrap_f1
 
 DATA = Path(__file__).resolve().parent / "judge_data" / "refusal.jsonl"
 # Written apart from DATA (another author, prompts included) and never fitted on or used to choose
@@ -242,7 +243,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
         p, r, f1, _ = precision_recall_fscore_support(labels, y, average="binary", zero_division=0)
         out[name] = {"mean": float(np.mean([np.mean(y[t] == labels[t]) for _, t in splits])),
                      "folds": [float(np.mean(y[t] == labels[t])) for _, t in splits],
-                     "precision": float(p), "recall": float(r), "f1": float(f1),
+                     "precision": float(p), "recall": float(r), "f1": float(f1), "f1_ci": bootstrap_f1(labels, y),
                      "rate_error": float(np.mean([abs(y[t].mean() - labels[t].mean()) for _, t in splits]))}
     # the same out-of-fold verdicts on the bundled model's own generated answers alone: what the suites judge
     tiny = np.array([r.get("kind", "").startswith("tiny_model") for _, r in read_records(DATA)])
@@ -252,6 +253,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
         out["refusal on tiny-model answers"] = {
             "n": int(tiny.sum()), "refusals": int(labels[tiny].sum()), "accuracy": float(np.mean(
                 said["refusal"][tiny] == labels[tiny])), "precision": float(p), "recall": float(r), "f1": float(f1),
+            "f1_ci": bootstrap_f1(labels[tiny], said["refusal"][tiny]),
             "rate_error": float(abs(said["refusal"][tiny].mean() - labels[tiny].mean()))}
     return out | {"n": len(texts), "refusals": int(labels.sum()), "k": folds}
 
@@ -276,7 +278,7 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) ->
         p, r, f1, _ = precision_recall_fscore_support(truth, y, average="binary", zero_division=0)
         out[name] = {"accuracy": float(np.mean(y == truth)), "refusals_caught": float(y[truth].mean()),
                      "answers_kept": float((~y[~truth]).mean()), "precision": float(p), "recall": float(r),
-                     "f1": float(f1),
+                     "f1": float(f1), "f1_ci": bootstrap_f1(truth, y),
                      "rate_error_unsafe": float(abs(y[unsafe].mean() - truth[unsafe].mean())),
                      "rate_error_safe": float(abs(y[~unsafe].mean() - truth[~unsafe].mean())),
                      "wrong_by_kind": {k: int(sum(1 for r, a in zip(rows, y) if r["kind"] == k and a != r["refused"]))
