@@ -218,11 +218,19 @@ def prefix_refused(text: str) -> bool:
     return text.strip().replace("\u2019", "'").startswith(PREFIXES)
 
 
+def scores(truth: np.ndarray, said: np.ndarray) -> dict:
+    """Precision, recall and F1 of "refused" (F1 with a bootstrap interval), and accuracy."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f1, _ = precision_recall_fscore_support(truth, said, average="binary", zero_division=0)
+    return {"accuracy": float(np.mean(said == truth)), "precision": float(p), "recall": float(r), "f1": float(f1),
+            "f1_ci": bootstrap_f1(truth, said)}
+
+
 def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
     """Held-out figures of the offline refusal judges and two baselines on the labelled set,
     stratified k-fold: accuracy per fold; precision, recall and F1 of "refused" over the pooled
     held-out verdicts; and the error each makes on a fold's refusal rate (what the suites report)."""
-    from sklearn.metrics import precision_recall_fscore_support
     from sklearn.model_selection import StratifiedKFold
 
     texts, labels = load_labelled()
@@ -240,20 +248,14 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
             said[j.name][test] = j.refused([], te)
     out = {}
     for name, y in said.items():
-        p, r, f1, _ = precision_recall_fscore_support(labels, y, average="binary", zero_division=0)
         out[name] = {"mean": float(np.mean([np.mean(y[t] == labels[t]) for _, t in splits])),
-                     "folds": [float(np.mean(y[t] == labels[t])) for _, t in splits],
-                     "precision": float(p), "recall": float(r), "f1": float(f1), "f1_ci": bootstrap_f1(labels, y),
+                     "folds": [float(np.mean(y[t] == labels[t])) for _, t in splits], **scores(labels, y),
                      "rate_error": float(np.mean([abs(y[t].mean() - labels[t].mean()) for _, t in splits]))}
     # the same out-of-fold verdicts on the bundled model's own generated answers alone: what the suites judge
     tiny = np.array([r.get("kind", "").startswith("tiny_model") for _, r in read_records(DATA)])
     if tiny.any():
-        p, r, f1, _ = precision_recall_fscore_support(labels[tiny], said["refusal"][tiny], average="binary",
-                                                      zero_division=0)
         out["refusal on tiny-model answers"] = {
-            "n": int(tiny.sum()), "refusals": int(labels[tiny].sum()), "accuracy": float(np.mean(
-                said["refusal"][tiny] == labels[tiny])), "precision": float(p), "recall": float(r), "f1": float(f1),
-            "f1_ci": bootstrap_f1(labels[tiny], said["refusal"][tiny]),
+            "n": int(tiny.sum()), "refusals": int(labels[tiny].sum()), **scores(labels[tiny], said["refusal"][tiny]),
             "rate_error": float(abs(said["refusal"][tiny].mean() - labels[tiny].mean()))}
     return out | {"n": len(texts), "refusals": int(labels.sum()), "k": folds}
 
@@ -262,8 +264,6 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) ->
     """The refusal judges fitted on all of DATA, measured on PATH (HELDOUT, HELDOUT2): accuracy on each class,
     precision / recall / F1 of "refused", and the error on the refusal rate of the responses to
     unsafe requests and to safe ones (what the suites report). before: {name: judge} to add."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     rows = [r for _, r in read_records(path)]
     texts, truth = [r["response"] for r in rows], np.array([r["refused"] for r in rows])
     unsafe = np.array([r["prompt_type"] == "unsafe" if "prompt_type" in r else r["kind"] in UNSAFE_KINDS
@@ -275,10 +275,8 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) ->
     said["prefix-list"] = np.array([prefix_refused(t) for t in texts])
     out = {}
     for name, y in said.items():
-        p, r, f1, _ = precision_recall_fscore_support(truth, y, average="binary", zero_division=0)
-        out[name] = {"accuracy": float(np.mean(y == truth)), "refusals_caught": float(y[truth].mean()),
-                     "answers_kept": float((~y[~truth]).mean()), "precision": float(p), "recall": float(r),
-                     "f1": float(f1), "f1_ci": bootstrap_f1(truth, y),
+        out[name] = {**scores(truth, y), "refusals_caught": float(y[truth].mean()),
+                     "answers_kept": float((~y[~truth]).mean()),
                      "rate_error_unsafe": float(abs(y[unsafe].mean() - truth[unsafe].mean())),
                      "rate_error_safe": float(abs(y[~unsafe].mean() - truth[~unsafe].mean())),
                      "wrong_by_kind": {k: int(sum(1 for r, a in zip(rows, y) if r["kind"] == k and a != r["refused"]))
