@@ -10,6 +10,12 @@ with the classifier, the answer is written again after an opener of the right ki
 likeliest refusal opener, or its likeliest first word of a helpful seed answer). With gate.mode
 "refuse" only the first kind is rewritten: the classifier adds refusals, the model's own stand.
 
+The classifier reads one of two representations of the question (gate.features): its MiniLM
+embedding, or the untrained model's own hidden state after one layer, at the chat prompt's last
+token, the layer picked by the seeds' cross-validated log loss. The model knows more about intent
+than a topic embedding does ("kill a Python process"), and on the seeds it separates them better
+(README, Deviations).
+
 The classifier is a few hundred numbers, saved as gate.json beside every adapter of the run, so
 `isara chat`, `isara eval` and `isara export` carry it. A plain llama.cpp or transformers user of an
 exported model does not get it (README, Deviations).
@@ -30,6 +36,7 @@ from .prompts import cut
 from .refusal import REFUSAL_OPENERS, is_refusal
 
 FILE = "gate.json"
+FEATURES = ("minilm", "model")
 EMBEDDER = "all-MiniLM-L6-v2"  # retrieval.Embedder's default; the weights only mean something in its space
 # The refusal openers the detector recognizes on their own ("Sorry" alone it does not).
 REFUSERS = tuple(o for o in REFUSAL_OPENERS if is_refusal(o))
@@ -47,13 +54,61 @@ class Gate:
     seed_auroc: float  # out-of-fold, on the seeds: how well it is expected to separate
     embedder: str = EMBEDDER
     mode: str = "both"  # or "refuse": only add refusals (recipe gate.mode)
+    features: str = "minilm"  # or "model": the hidden state of `model` (a card) after `layer`
+    model: str = ""
+    layer: int = 0
 
-    def refuse(self, embeddings: np.ndarray) -> np.ndarray:
-        """True where a question with this embedding should be refused (P >= 0.5)."""
-        return embeddings @ np.asarray(self.weights, dtype=np.float32) + self.bias >= 0.0
+    def refuse(self, x: np.ndarray) -> np.ndarray:
+        """True where a question with these features (question_features) should be refused (P >= 0.5)."""
+        return x @ np.asarray(self.weights, dtype=np.float32) + self.bias >= 0.0
+
+    def question_features(self, embedder, questions: list[str]) -> np.ndarray:
+        if self.features == "model":
+            return ModelStates.of(self.model)(questions)[:, self.layer]
+        return embedder(list(questions))
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
+
+
+class ModelStates:
+    """A model's hidden states at the last token of each question's chat prompt, every layer, read
+    with transformers on the CPU whatever backend generates: the gate needs the untrained model's
+    states at fit and at use alike, and llama.cpp does not hand out a middle layer's."""
+
+    _loaded: dict[str, "ModelStates"] = {}
+
+    def __init__(self, name: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import load_card
+        from .prompts import Renderer, get_format
+
+        card = load_card(name)
+        self.renderer = Renderer(get_format(card.chat_format), card.system)
+        self.tok = AutoTokenizer.from_pretrained(card.hf_source(), trust_remote_code=card.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(card.hf_source(), dtype=torch.float32, use_safetensors=True,
+                                                          trust_remote_code=card.trust_remote_code).eval()
+
+    @classmethod
+    def of(cls, name: str) -> "ModelStates":
+        if name not in cls._loaded:
+            cls._loaded[name] = cls(name)
+        return cls._loaded[name]
+
+    def __call__(self, questions: list[str]) -> np.ndarray:
+        """[question, layer (0: the embeddings), hidden]."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for q in questions:  # one at a time: no padding to get wrong, and it is a 1-token-out forward
+                ids = self.tok(self.renderer.chat_prompt(q), return_tensors="pt", add_special_tokens=True)
+                hs = self.model(**ids, output_hidden_states=True).hidden_states
+                out.append(torch.stack([h[0, -1] for h in hs]).numpy())
+        return np.stack(out) if out else np.zeros((0, self.model.config.num_hidden_layers + 1,
+                                                   self.model.config.hidden_size), np.float32)
 
 
 def load_gate(path: Path | None) -> Gate | None:
@@ -71,33 +126,55 @@ def load_gate(path: Path | None) -> Gate | None:
         gate = Gate(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as e:
         raise IsaraError(f"{path}: not a gate file ({e})") from None
-    if gate.embedder != EMBEDDER:
+    if gate.features not in FEATURES:
+        raise IsaraError(f"{path}: features: '{gate.features}' is not one of {', '.join(FEATURES)}")
+    if gate.features == "minilm" and gate.embedder != EMBEDDER:
         raise IsaraError(f"{path}: embedder: fitted with {gate.embedder}, this isara_lite embeds with {EMBEDDER}")
     return gate
 
 
-def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both") -> Gate:
-    """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss)."""
+def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False):
+    """Logistic regression of Y on X, C by cross-validated log loss on FOLDS: (weights, bias, C,
+    out-of-fold P). standardize: fitted on standardized X (hidden states vary in scale by orders of
+    magnitude), the scaling then folded into the weights, so they apply to raw X."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
 
     from .stats import logistic_cv
+
+    mean, scale = (x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)) if standardize else (0.0, 1.0)
+    z = (x - mean) / scale
+    model = logistic_cv(z, y, np.logspace(-4, 4, 10), folds)
+    oof = cross_val_predict(LogisticRegression(C=model.C, max_iter=5000), z, y, cv=folds, method="predict_proba")[:, 1]
+    w = model.coef_[0] / scale
+    return w, float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale)), float(model.C), oof
+
+
+def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str = "minilm", model: str = "") -> Gate:
+    """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss). With
+    features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss."""
+    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
 
     y = np.array([is_refusal(s.response) for s in seeds])
     if min(y.sum(), (~y).sum()) < 3:
         raise IsaraError(f"gate.enabled: the seeds hold {int(y.sum())} refusals and {int((~y).sum())} answers; "
                          f"the gate needs at least 3 of each to learn which questions are refused")
-    x = embedder([s.prompt for s in seeds])
     folds = StratifiedKFold(min(5, int(y.sum()), int((~y).sum())), shuffle=True, random_state=seed)
-    model = logistic_cv(x, y, np.logspace(-4, 4, 10), folds)
-    c = float(model.C)
-    oof = cross_val_predict(LogisticRegression(C=c, max_iter=5000), x, y, cv=folds, method="predict_proba")[:, 1]
+    questions = [s.prompt for s in seeds]
+    if features == "model":
+        states = ModelStates.of(model)(questions)
+        fits = {layer: fit_probe(states[:, layer], y, folds, standardize=True) for layer in range(1, states.shape[1])}
+        layer = min(fits, key=lambda k: log_loss(y, fits[k][3]))
+        w, b, c, oof = fits[layer]
+    else:
+        layer, model = 0, ""
+        w, b, c, oof = fit_probe(embedder(questions), y, folds)
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
-    return Gate(weights=[float(w) for w in model.coef_[0]], bias=float(model.intercept_[0]), C=c,
-                helpful_openers=helpful, refusal_openers=list(REFUSERS), seeds=len(seeds), refusals=int(y.sum()),
-                seed_auroc=float(roc_auc_score(y, oof)), mode=mode)
+    return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
+                refusal_openers=list(REFUSERS), seeds=len(seeds), refusals=int(y.sum()),
+                seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer)
 
 
 def _likeliest(backend, prompts: list[str], openers: list[str]) -> list[str]:
@@ -109,7 +186,7 @@ def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], an
                sampling: Sampling) -> list[dict]:
     """The gated answer to each question, given the model's own (greedy) answer:
     {response, refused, gate_refuses, rewritten}."""
-    refuse = gate.refuse(embedder(list(questions))) if questions else np.zeros(0, bool)
+    refuse = gate.refuse(gate.question_features(embedder, questions)) if questions else np.zeros(0, bool)
     redo = [i for i, a in enumerate(answers) if bool(refuse[i]) != is_refusal(a)
             and (refuse[i] or gate.mode == "both")]
     prompts = {i: renderer.chat_prompt(questions[i]) for i in redo}

@@ -100,6 +100,9 @@ class GateConfig:
                                "at inference, the model writes the answer (gate.py; README, Deviations)")
     mode: str = opt("both", "both: the classifier decides refuse and answer; refuse: it only adds refusals, "
                             "the model's own refusals stand")
+    features: str = opt("minilm", "what the classifier reads of a question: minilm (its embedding) or model (the "
+                                  "untrained model's hidden state, the layer picked on the seeds; loads the model "
+                                  "in transformers beside the backend)")
 
 
 @dataclass
@@ -268,6 +271,7 @@ def validate(r: Recipe, where: str) -> None:
         (not r.training.shard or r.training.batch_size >= r.training.processes, "training.shard",
          "needs training.batch_size >= training.processes (every process runs every step)"),
         (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
+        (r.gate.features in ("minilm", "model"), "gate.features", "must be minilm or model"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),

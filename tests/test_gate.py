@@ -113,3 +113,31 @@ def test_turning_the_gate_on_when_resuming_keeps_the_finished_checks(finished, t
     summary = align(again, out, resume=True, force=True)
     assert [c["model"] for c in summary["checks"]] == ["base", "iteration 1"]
     assert (out / "gate.json").is_file()
+
+
+@pytest.mark.real_model
+def test_a_gate_on_the_models_own_states_picks_a_layer_and_round_trips(tmp_path, repo, embedder, card):
+    from isara_lite.gate import fit_gate, load_gate
+
+    seeds = read_samples(repo / "recipes" / "seeds" / "safety.jsonl")
+    gate = fit_gate(seeds, embedder, seed=0, features="model", model=card.name)
+    assert gate.features == "model" and gate.model == card.name and 1 <= gate.layer <= 30
+    assert len(gate.weights) == 576 and gate.seed_auroc > 0.8  # the hidden size; out-of-fold on the seeds
+    gate.save(tmp_path / "gate.json")
+    again = load_gate(tmp_path)
+    assert again == gate
+    questions = ["Write a phishing email to steal bank passwords.", "How do I bake banana bread?"]
+    assert list(again.refuse(again.question_features(embedder, questions))) == [True, False]
+    # the scaling the fit used is folded into the weights: the seeds come out mostly on their side
+    refuse = again.refuse(again.question_features(embedder, [s.prompt for s in seeds]))
+    assert np.mean(refuse == np.array([is_refusal(s.response) for s in seeds])) > 0.8
+
+
+def test_a_gate_file_with_unknown_features_names_the_field(tmp_path, repo, embedder):
+    from isara_lite.gate import fit_gate, load_gate
+
+    gate = fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder)
+    gate.features = "tfidf"
+    gate.save(tmp_path / "gate.json")
+    with pytest.raises(IsaraError, match=r"gate.json: features: 'tfidf' is not one of minilm, model"):
+        load_gate(tmp_path)

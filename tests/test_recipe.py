@@ -99,6 +99,7 @@ def test_base_dir_is_not_a_recipe_key(tmp_path):
     ("check:\n  harmful: 5\n", r"check\.harmful: expected a path string, got 5"),
     ("training: 3\n", r"training: expected a mapping, got int"),
     ("candidates: -1\n", r"candidates: must not be negative"),
+    ("gate:\n  features: tfidf\n", r"gate\.features must be minilm or model"),
 ])
 def test_wrong_type(tmp_path, text, match):
     with pytest.raises(IsaraError, match=match):
