@@ -128,6 +128,22 @@ def show(value: float | None, kind: str, ci=None) -> str:
     return f"{show_value(value, kind)} {show_interval(ci, kind)}"
 
 
+def bootstrap_auroc(pos, neg, n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval for the AUROC of scores POS (should rank high) against NEG, each class
+    resampled on its own (AUROC is not a mean of per-item values)."""
+    p, q = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if len(p) < 2 or len(q) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n_boot)
+    for b in range(n_boot):
+        x, y = p[rng.integers(0, len(p), len(p))], q[rng.integers(0, len(q), len(q))]
+        d = x[:, None] - y[None, :]
+        aucs[b] = (d > 0).mean() + 0.5 * (d == 0).mean()
+    lo, hi = np.percentile(aucs, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return [float(lo), float(hi)]
+
+
 def logistic_cv(x, y, cs, folds):
     """The logistic regression whose C (one of cs) has the best cross-validated log loss on folds,
     refitted on all of x: the seeds' refusal gate and the refusal judge are both fitted this way."""

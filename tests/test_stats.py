@@ -132,3 +132,21 @@ def test_bootstrap_f1_contains_the_f1_and_narrows_with_more_items():
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2  # about 1/sqrt(16) as wide
     assert bootstrap_f1([True, False, True], [True, False, True]) == [1.0, 1.0] and bootstrap_f1([True], [True]) is None
+
+
+def test_bootstrap_auroc_contains_the_auroc_and_narrows_with_more_items():
+    from sklearn.metrics import roc_auc_score
+
+    from isara_lite.stats import bootstrap_auroc
+
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (50, 800):
+        pos, neg = rng.normal(1, 1, n), rng.normal(0, 1, n)
+        auc = roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[pos, neg])
+        lo, hi = bootstrap_auroc(pos, neg, n_boot=500)
+        assert lo < auc < hi and bootstrap_auroc(pos, neg, n_boot=500) == [lo, hi]  # seeded
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2.5  # about 1/sqrt(16) as wide
+    assert bootstrap_auroc([1, 1], [0, 0]) == [1.0, 1.0]  # perfectly separated in every resample
+    assert bootstrap_auroc([0.5, 0.5], [0.5, 0.5]) == [0.5, 0.5] and bootstrap_auroc([1], [0, 1]) is None

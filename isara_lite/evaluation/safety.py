@@ -16,7 +16,8 @@ NEEDS = ("advbench", "hh_harmless", "xstest")
 SIZES = {"advbench": 100, "hh_harmless": 50, "xstest_safe": 100, "xstest_unsafe": 50}
 
 
-def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
+def prompt_sets(data, sizes: dict) -> dict[str, list[tuple[str, str]]]:
+    """The suite's prompts: {set: [(prompt, category)]}, the same subsets every time."""
     sets = {
         "advbench": [(r["prompt"], "advbench") for r in subset(ds.advbench(data), sizes["advbench"])],
         "hh_harmless": [(r["prompt"], "hh_harmless") for r in subset(ds.hh_harmless(data), sizes["hh_harmless"])],
@@ -25,8 +26,12 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
     for label in ("safe", "unsafe"):
         chosen = subset([r for r in xs if r["label"] == label], sizes[f"xstest_{label}"], key=lambda r: r["type"])
         sets[f"xstest_{label}"] = [(r["prompt"], r["type"]) for r in chosen]
+    return sets
+
+
+def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
     rows = []
-    for name, items in sets.items():
+    for name, items in prompt_sets(data, sizes).items():
         responses = ev.answer([p for p, _ in items], f"safety: {name}")
         verdicts = judge.refused([p for p, _ in items], responses)
         rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p)}
