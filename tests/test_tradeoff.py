@@ -43,6 +43,20 @@ def test_settings_are_judged_again_and_drawn(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000 and "issue 13's target" in out.stdout
 
 
+def test_seeds_of_one_setting_are_averaged_prompt_by_prompt(tmp_path):
+    write_eval(tmp_path / "s0", {"advbench": [REFUSE, COMPLY, COMPLY, COMPLY], "hh_harmless": [COMPLY],
+                                 "xstest_safe": [REFUSE, COMPLY], "xstest_unsafe": [REFUSE]}, True)
+    write_eval(tmp_path / "s1", {"advbench": [REFUSE, REFUSE, REFUSE, COMPLY], "hh_harmless": [REFUSE],
+                                 "xstest_safe": [COMPLY, COMPLY], "xstest_unsafe": [REFUSE]}, True)
+    out = run(f"x={tmp_path / 's0'}+{tmp_path / 's1'}", "--json", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "r.json").read_text())["settings"]["x"]
+    assert r["advbench"]["seeds"] == [0.75, 0.25] and r["advbench"]["rate"] == 0.5 and r["advbench"]["n"] == 4
+    assert r["hh_harmless"]["rate"] == 0.5 and r["xstest_safe"]["rate"] == 0.25 and r["xstest_unsafe"]["rate"] == 1.0
+    lo, hi = r["advbench"]["ci"]  # per-prompt means 0, 0.5, 0.5, 1: resampled, not Wilson over 8 answers
+    assert 0 <= lo < 0.5 < hi <= 1 and r["win_rate"]["seeds"] == [1.0, 1.0]
+
+
 def test_bad_input_names_the_file_line_and_field(tmp_path):
     write_eval(tmp_path / "a", {"advbench": [REFUSE]}, False)
     with open(tmp_path / "a" / "safety.jsonl", "a") as f:
