@@ -123,7 +123,7 @@ def main():
         table.add_row(name, f"{r['seed_auroc']:.3f}", auc(r, "check_auroc"), auc(r, "xstest_auroc"),
                       pct(r, "advbench_flagged"), pct(r, "hh_harmless_flagged"), pct(r, "xstest_safe_flagged"),
                       pct(r, "xstest_unsafe_flagged"), pct(r, "xstest_unsafe_at_bar"), pct(r, "hh_harmless_at_bar"))
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
