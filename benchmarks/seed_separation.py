@@ -14,8 +14,8 @@ XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse
 safety suite's default subsets (Wilson intervals); and, for reading only, XSTest unsafe and HH
 flagged at the threshold that flags 20% of XSTest's safe prompts (issue 13's bar). That threshold is
 read off XSTest itself, so it is a ceiling, not a setting anyone could ship. The table shows the gate,
-the layer the seeds' cross-validated log loss picks (the one gate.features "model" takes), and the
-last layer; the JSON holds every layer.
+the layer the seeds' cross-validated log loss picks (averaged over five splits, as gate.features
+"model" picks it) and the last layer; the JSON holds every layer.
 
     python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
 """
@@ -86,7 +86,7 @@ def main():
     except IsaraError as e:
         raise SystemExit(f"benchmarks/seed_separation.py: {e}") from None
     import torch
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     y = np.array([is_refusal(s.response) for s in seeds])
@@ -99,11 +99,11 @@ def main():
 
     torch.set_num_threads(args.threads)
     states = {k: ModelStates.of(card.name)(v) for k, v in {"seeds": [s.prompt for s in seeds], **sets}.items()}
-    folds = StratifiedKFold(5, shuffle=True, random_state=recipe.seed)
+    folds, *splits = [StratifiedKFold(5, shuffle=True, random_state=recipe.seed + i) for i in range(5)]  # as fit_gate
     for layer in range(1, states["seeds"].shape[1]):
-        w, b, C, oof = fit_probe(states["seeds"][:, layer], y, folds, standardize=True)
+        w, b, C, oof, loss = fit_probe(states["seeds"][:, layer], y, folds, True, splits)
         p = {k: 1 / (1 + np.exp(-(v[:, layer] @ w + b))) for k, v in states.items() if k != "seeds"}
-        rows.append(measure(f"layer {layer}", p, C, roc_auc_score(y, oof), log_loss(y, oof)))
+        rows.append(measure(f"layer {layer}", p, C, roc_auc_score(y, oof), loss))
     chosen = min(rows[1:], key=lambda r: r["seed_log_loss"])
     report = {"recipe": str(args.recipe), "model": card.name, "threads": args.threads, "seeds": len(seeds),
               "seed_refusals": int(y.sum()), "sizes": {k: len(v) for k, v in sets.items()},

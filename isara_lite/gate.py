@@ -133,11 +133,13 @@ def load_gate(path: Path | None) -> Gate | None:
     return gate
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False):
+def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False, splits=()):
     """Logistic regression of Y on X, C by cross-validated log loss on FOLDS: (weights, bias, C,
-    out-of-fold P). standardize: fitted on standardized X (hidden states vary in scale by orders of
-    magnitude), the scaling then folded into the weights, so they apply to raw X."""
+    out-of-fold P on FOLDS, out-of-fold log loss averaged over FOLDS and SPLITS at that C).
+    standardize: fitted on standardized X (hidden states vary in scale by orders of magnitude), the
+    scaling then folded into the weights, so they apply to raw X."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
     from sklearn.model_selection import cross_val_predict
 
     from .stats import logistic_cv
@@ -145,15 +147,18 @@ def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False):
     mean, scale = (x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)) if standardize else (0.0, 1.0)
     z = (x - mean) / scale
     model = logistic_cv(z, y, np.logspace(-4, 4, 10), folds)
-    oof = cross_val_predict(LogisticRegression(C=model.C, max_iter=5000), z, y, cv=folds, method="predict_proba")[:, 1]
+    oofs = [cross_val_predict(LogisticRegression(C=model.C, max_iter=5000), z, y, cv=f, method="predict_proba")[:, 1]
+            for f in (folds, *splits)]
     w = model.coef_[0] / scale
-    return w, float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale)), float(model.C), oof
+    return (w, float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale)), float(model.C), oofs[0],
+            float(np.mean([log_loss(y, o) for o in oofs])))
 
 
 def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str = "minilm", model: str = "") -> Gate:
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss). With
-    features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss."""
-    from sklearn.metrics import log_loss, roc_auc_score
+    features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss,
+    averaged over five splits of the seeds (on one split, two layers' losses can trade places)."""
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     y = np.array([is_refusal(s.response) for s in seeds])
@@ -164,12 +169,13 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
     questions = [s.prompt for s in seeds]
     if features == "model":
         states = ModelStates.of(model)(questions)
-        fits = {layer: fit_probe(states[:, layer], y, folds, standardize=True) for layer in range(1, states.shape[1])}
-        layer = min(fits, key=lambda k: log_loss(y, fits[k][3]))
-        w, b, c, oof = fits[layer]
+        splits = [StratifiedKFold(folds.n_splits, shuffle=True, random_state=seed + i) for i in range(1, 5)]
+        fits = {layer: fit_probe(states[:, layer], y, folds, True, splits) for layer in range(1, states.shape[1])}
+        layer = min(fits, key=lambda k: fits[k][4])
+        w, b, c, oof, _ = fits[layer]
     else:
         layer, model = 0, ""
-        w, b, c, oof = fit_probe(embedder(questions), y, folds)
+        w, b, c, oof, _ = fit_probe(embedder(questions), y, folds)
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
     return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
