@@ -141,3 +141,22 @@ def test_a_gate_file_with_unknown_features_names_the_field(tmp_path, repo, embed
     gate.save(tmp_path / "gate.json")
     with pytest.raises(IsaraError, match=r"gate.json: features: 'tfidf' is not one of minilm, model"):
         load_gate(tmp_path)
+
+
+def test_align_with_the_model_gate_reads_the_models_states(tmp_path, repo):
+    """The whole path on the tiny model: fitted on its hidden states, checked with, carried by export."""
+    from conftest import TINY
+    from isara_lite.export import export
+    from isara_lite.gate import load_gate
+    from isara_lite.loop import align
+    from isara_lite.recipe import load_recipe
+
+    out = tmp_path / "run"
+    recipe = load_recipe(repo / "recipes" / "quickstart.yaml", [*TINY, "gate.enabled=true", "gate.features=model"])
+    summary = align(recipe, out)
+    gate = load_gate(out)
+    assert gate.features == "model" and gate.model == recipe.model and gate.layer >= 1
+    assert summary["iterations"][0]["check"]["model"] == "iteration 1 + gate"
+    rows = [json.loads(line) for line in (out / "iter_1" / "check.jsonl").read_text().splitlines()]
+    assert all("gate_refuses" in r for r in rows)
+    assert load_gate(export(out, "peft")) == gate
