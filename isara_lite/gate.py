@@ -144,7 +144,10 @@ def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False, sp
 
     from .stats import logistic_cv
 
-    mean, scale = (x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)) if standardize else (0.0, 1.0)
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x) if standardize else None
+    mean, scale = (scaler.mean_, scaler.scale_) if scaler else (0.0, 1.0)
     z = (x - mean) / scale
     model = logistic_cv(z, y, np.logspace(-4, 4, 10), folds)
     oofs = [cross_val_predict(LogisticRegression(C=model.C, max_iter=5000), z, y, cv=f, method="predict_proba")[:, 1]

@@ -11,6 +11,7 @@ import yaml
 
 from .backends.base import BACKENDS, PRECISIONS
 from .errors import IsaraError
+from .gate import FEATURES as GATE_FEATURES
 
 
 def opt(default, help: str):
@@ -271,7 +272,7 @@ def validate(r: Recipe, where: str) -> None:
         (not r.training.shard or r.training.batch_size >= r.training.processes, "training.shard",
          "needs training.batch_size >= training.processes (every process runs every step)"),
         (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
-        (r.gate.features in ("minilm", "model"), "gate.features", "must be minilm or model"),
+        (r.gate.features in GATE_FEATURES, "gate.features", f"must be {' or '.join(GATE_FEATURES)}"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),

@@ -78,6 +78,18 @@ def bootstrap_f1(truth, said, n_boot: int = N_BOOT, seed: int = 0) -> list[float
     return [float(lo), float(hi)]
 
 
+def bootstrap_auroc(pos, neg, n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval for the AUROC of scores POS (should rank high) against NEG, each class
+    resampled on its own; the AUROC is the Mann-Whitney U over all pairs."""
+    from scipy.stats import mannwhitneyu
+
+    p, q = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
+    if len(p) < 2 or len(q) < 2:
+        return None
+    return _boot((p, q), lambda x, y, axis: mannwhitneyu(x, y, axis=axis).statistic / (len(p) * len(q)),
+                 n_boot, seed)
+
+
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> list[float] | None:
     """Newcombe's hybrid score interval for k1/n1 - k2/n2 (independent samples), from the two
     Wilson intervals (Newcombe 1998, method 10)."""
@@ -126,22 +138,6 @@ def show(value: float | None, kind: str, ci=None) -> str:
     if value is None or not ci:
         return show_value(value, kind)
     return f"{show_value(value, kind)} {show_interval(ci, kind)}"
-
-
-def bootstrap_auroc(pos, neg, n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
-    """Bootstrap interval for the AUROC of scores POS (should rank high) against NEG, each class
-    resampled on its own (AUROC is not a mean of per-item values)."""
-    p, q = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
-    if len(p) < 2 or len(q) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    aucs = np.empty(n_boot)
-    for b in range(n_boot):
-        x, y = p[rng.integers(0, len(p), len(p))], q[rng.integers(0, len(q), len(q))]
-        d = x[:, None] - y[None, :]
-        aucs[b] = (d > 0).mean() + 0.5 * (d == 0).mean()
-    lo, hi = np.percentile(aucs, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return [float(lo), float(hi)]
 
 
 def logistic_cv(x, y, cs, folds):
