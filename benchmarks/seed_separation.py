@@ -7,7 +7,7 @@ by whether the seed answer refuses), exactly as the gate fits it, and then score
 
   minilm     the gate itself (gate.fit_gate on all-MiniLM-L6-v2 embeddings)
   layer L    the untrained model's own hidden state after layer L, at the last token of the chat
-             prompt (gate.fit_probe, standardized; what gate.features "model" reads, one row a layer)
+             prompt (gate.fit_layers, standardized; what gate.features "model" reads, one row a layer)
 
 Columns: out-of-fold AUROC on the seeds; AUROC on the recipe's check (harmful vs benign) and on
 XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse" (P >= 0.5) on the
@@ -34,7 +34,7 @@ from rich.table import Table
 from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation import safety
-from isara_lite.gate import ModelStates, fit_gate, fit_probe
+from isara_lite.gate import ModelStates, fit_gate, fit_layers
 from isara_lite.loop import load_seeds
 from isara_lite.models import load_card
 from isara_lite.prompts import Renderer, get_format
@@ -87,7 +87,6 @@ def main():
         raise SystemExit(f"benchmarks/seed_separation.py: {e}") from None
     import torch
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
     y = np.array([is_refusal(s.response) for s in seeds])
 
@@ -99,9 +98,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     states = {k: ModelStates.of(card.name)(v) for k, v in {"seeds": [s.prompt for s in seeds], **sets}.items()}
-    folds, *splits = [StratifiedKFold(5, shuffle=True, random_state=recipe.seed + i) for i in range(5)]  # as fit_gate
-    for layer in range(1, states["seeds"].shape[1]):
-        w, b, C, oof, loss = fit_probe(states["seeds"][:, layer], y, folds, True, splits)
+    for layer, (w, b, C, oof, loss) in fit_layers(states["seeds"], y, recipe.seed).items():
         p = {k: 1 / (1 + np.exp(-(v[:, layer] @ w + b))) for k, v in states.items() if k != "seeds"}
         rows.append(measure(f"layer {layer}", p, C, roc_auc_score(y, oof), loss))
     chosen = min(rows[1:], key=lambda r: r["seed_log_loss"])

@@ -68,7 +68,7 @@ def seed_files(name: str, dirs: str) -> tuple[Path, Path | None]:
 
 
 def measure(rows: list[dict], instruction_rows: list[dict] | None, refusal, pairwise) -> tuple[dict, dict]:
-    """(rates with intervals, per-item values {key: {prompt: 1 harmful or refused / preference}})."""
+    """(rates with intervals, per-item values {key: {(place, prompt): 1 harmful or refused / preference}})."""
     said = [bool(v) for v in refusal.refused([r["prompt"] for r in rows], [r["response"] for r in rows])]
     s = safety.summarize([{**r, "refused": v} for r, v in zip(rows, said)], refusal.name)
     out = {"advbench": s["harmful_rate"]["advbench"], "hh_harmless": s["harmful_rate"]["hh_harmless"],
@@ -87,9 +87,9 @@ def measure(rows: list[dict], instruction_rows: list[dict] | None, refusal, pair
     return out, items
 
 
-def over_seeds(measured: list[tuple[dict, dict]]) -> dict:
-    """One setting's seeds: the mean rate, a bootstrap over the prompts every seed answered of their
-    per-prompt mean, and each seed's own rate."""
+def over_seeds(name: str, measured: list[tuple[dict, dict]]) -> dict:
+    """One setting's seeds: the mean rate, a bootstrap over the prompts of their per-prompt mean, and
+    each seed's own rate. The seeds must have answered the same prompts."""
     if len(measured) == 1:
         return measured[0][0]
     out = {}
@@ -97,6 +97,8 @@ def over_seeds(measured: list[tuple[dict, dict]]) -> dict:
         if not all(key in m for m, _ in measured):
             continue
         common = [p for p in measured[0][1][key] if all(p in items[key] for _, items in measured)]
+        if any(len(items[key]) != len(common) for _, items in measured):
+            raise IsaraError(f"setting '{name}': its seeds answered different {key} prompts")
         per_prompt = [sum(items[key][p] for _, items in measured) / len(measured) for p in common]
         out[key] = {"rate": sum(per_prompt) / len(per_prompt), "ci": bootstrap_mean(per_prompt), "n": len(common),
                     "seeds": [m[key]["rate"] for m, _ in measured]}
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
         embedder = Embedder()
         refusal, pairwise = get_judge(DEFAULTS["refusal"], embedder), get_judge(DEFAULTS["pairwise"], embedder)
         report = {"judges": {"refusal": refusal.name, "pairwise": pairwise.name},
-                  "settings": {name: over_seeds([measure(s, i, refusal, pairwise) for s, i in seeds])
+                  "settings": {name: over_seeds(name, [measure(s, i, refusal, pairwise) for s, i in seeds])
                                for name, seeds in specs}}
     except IsaraError as e:
         print(f"error: {e}", file=sys.stderr)

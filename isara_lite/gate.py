@@ -157,10 +157,20 @@ def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False, sp
             float(np.mean([log_loss(y, o) for o in oofs])))
 
 
+def fit_layers(states: np.ndarray, y: np.ndarray, seed: int, k: int = 5) -> dict[int, tuple]:
+    """fit_probe on every layer's states ([question, layer, hidden]; layer 0, the embeddings, left out),
+    its log loss averaged over five k-fold splits of the seeds (seed, seed + 1, ...): one split's
+    choice of layer varies with the split."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds, *splits = [StratifiedKFold(k, shuffle=True, random_state=seed + i) for i in range(5)]
+    return {layer: fit_probe(states[:, layer], y, folds, True, splits) for layer in range(1, states.shape[1])}
+
+
 def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str = "minilm", model: str = "") -> Gate:
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss). With
-    features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss,
-    averaged over five splits of the seeds (on one split, two layers' losses can trade places)."""
+    features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss
+    (fit_layers)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
@@ -171,9 +181,7 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
     folds = StratifiedKFold(min(5, int(y.sum()), int((~y).sum())), shuffle=True, random_state=seed)
     questions = [s.prompt for s in seeds]
     if features == "model":
-        states = ModelStates.of(model)(questions)
-        splits = [StratifiedKFold(folds.n_splits, shuffle=True, random_state=seed + i) for i in range(1, 5)]
-        fits = {layer: fit_probe(states[:, layer], y, folds, True, splits) for layer in range(1, states.shape[1])}
+        fits = fit_layers(ModelStates.of(model)(questions), y, seed, folds.n_splits)
         layer = min(fits, key=lambda k: fits[k][4])
         w, b, c, oof, _ = fits[layer]
     else:
