@@ -8,6 +8,9 @@ by whether the seed answer refuses), exactly as the gate fits it, and then score
   minilm     the gate itself (gate.fit_gate on all-MiniLM-L6-v2 embeddings)
   layer L    the untrained model's own hidden state after layer L, at the last token of the chat
              prompt (gate.fit_layers, standardized; what gate.features "model" reads, one row a layer)
+  answer L   with --answers N: the same model's states after layer L averaged over the last prompt
+             token and its own greedy answer of up to N tokens (llama.cpp), as if the gate read what
+             the model was about to say; an experiment, not a gate option (README, Results)
 
 Columns: out-of-fold AUROC on the seeds; AUROC on the recipe's check (harmful vs benign) and on
 XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse" (P >= 0.5) on the
@@ -18,6 +21,7 @@ the layer the seeds' cross-validated log loss picks (averaged over five splits, 
 "model" picks it) and the last layer; the JSON holds every layer.
 
     python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
+                                         [--answers 64]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from isara_lite.backends.base import Sampling, create_backend
 from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation import safety
@@ -65,11 +70,46 @@ def measure(name: str, p: dict, C: float, seed_auroc: float, seed_log_loss: floa
     return row
 
 
+def answer_states(card, renderer, sets: dict, tokens: int, threads: int) -> dict:
+    """{set: [question, layer, hidden]}: the states averaged over the last prompt token and the model's
+    greedy answer to it (up to TOKENS tokens)."""
+    import torch
+
+    backend = create_backend("llamacpp", card, threads=threads)
+    sampling = Sampling(max_tokens=tokens, temperature=0.0, stop=renderer.fmt.stops)
+    states = ModelStates.of(card.name)
+    out = {}
+    with torch.no_grad():
+        for k, questions in sets.items():
+            prompts = [renderer.chat_prompt(q) for q in questions]
+            rows = []
+            for p, g in zip(prompts, backend.generate(prompts, sampling)):
+                start = len(states.tok(p, add_special_tokens=True)["input_ids"]) - 1
+                ids = states.tok(p + g.text, return_tensors="pt", add_special_tokens=True)
+                hs = states.model(**ids, output_hidden_states=True).hidden_states
+                rows.append(torch.stack([h[0, start:].mean(0) for h in hs]).numpy())
+            out[k] = np.stack(rows)
+    return out
+
+
+def layer_rows(states: dict, y: np.ndarray, seed: int, name: str) -> list[dict]:
+    """One row per layer: fitted on states["seeds"] (gate.fit_layers), measured on the other sets."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for layer, (w, b, C, oof, loss) in fit_layers(states["seeds"], y, seed).items():
+        p = {k: 1 / (1 + np.exp(-(v[:, layer] @ w + b))) for k, v in states.items() if k != "seeds"}
+        rows.append(measure(f"{name} {layer}", p, C, roc_auc_score(y, oof), loss))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "safety.yaml")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the public suites' files")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--answers", type=int, default=0, metavar="N",
+                    help="also the states averaged over the model's own greedy answer of up to N tokens")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -86,7 +126,6 @@ def main():
     except IsaraError as e:
         raise SystemExit(f"benchmarks/seed_separation.py: {e}") from None
     import torch
-    from sklearn.metrics import roc_auc_score
 
     y = np.array([is_refusal(s.response) for s in seeds])
 
@@ -97,14 +136,20 @@ def main():
     rows = [measure("minilm (the gate)", p, gate.C, gate.seed_auroc)]
 
     torch.set_num_threads(args.threads)
-    states = {k: ModelStates.of(card.name)(v) for k, v in {"seeds": [s.prompt for s in seeds], **sets}.items()}
-    for layer, (w, b, C, oof, loss) in fit_layers(states["seeds"], y, recipe.seed).items():
-        p = {k: 1 / (1 + np.exp(-(v[:, layer] @ w + b))) for k, v in states.items() if k != "seeds"}
-        rows.append(measure(f"layer {layer}", p, C, roc_auc_score(y, oof), loss))
+    questions = {"seeds": [s.prompt for s in seeds], **sets}
+    rows += layer_rows({k: ModelStates.of(card.name)(v) for k, v in questions.items()}, y, recipe.seed, "layer")
     chosen = min(rows[1:], key=lambda r: r["seed_log_loss"])
+    shown, picks = [rows[0], chosen, rows[-1]], [chosen]
+    if args.answers:
+        answered = layer_rows(answer_states(card, renderer, questions, args.answers, args.threads), y, recipe.seed,
+                              "answer")
+        rows += answered
+        picks.append(min(answered, key=lambda r: r["seed_log_loss"]))
+        shown.append(picks[-1])
     report = {"recipe": str(args.recipe), "model": card.name, "threads": args.threads, "seeds": len(seeds),
               "seed_refusals": int(y.sum()), "sizes": {k: len(v) for k, v in sets.items()},
-              "chosen_by_seeds": chosen["features"], "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+              "chosen_by_seeds": chosen["features"], "answer_tokens": args.answers,
+              "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     print(json.dumps(report, indent=2))
 
     table = Table(title=f"what the seeds can separate: {card.name}, {len(seeds)} seeds ({args.threads} threads)",
@@ -115,8 +160,8 @@ def main():
         table.add_column(col, justify="left" if col == "features" else "right")
     auc = lambda r, k: show(r[k], "3f", r[k + "_ci"])  # noqa: E731
     pct = lambda r, k: show(r[k], "pct0", r[k + "_ci"])  # noqa: E731
-    for r in [rows[0], chosen, rows[-1]]:
-        name = r["features"] + (" (seeds' pick)" if r is chosen else "")
+    for r in shown:
+        name = r["features"] + (" (seeds' pick)" if r in picks else "")
         table.add_row(name, f"{r['seed_auroc']:.3f}", auc(r, "check_auroc"), auc(r, "xstest_auroc"),
                       pct(r, "advbench_flagged"), pct(r, "hh_harmless_flagged"), pct(r, "xstest_safe_flagged"),
                       pct(r, "xstest_unsafe_flagged"), pct(r, "xstest_unsafe_at_bar"), pct(r, "hh_harmless_at_bar"))
