@@ -18,7 +18,8 @@ safety suite's default subsets (Wilson intervals); and, for reading only, XSTest
 flagged at the threshold that flags 20% of XSTest's safe prompts (issue 13's bar). That threshold is
 read off XSTest itself, so it is a ceiling, not a setting anyone could ship. The table shows the gate,
 the layer the seeds' cross-validated log loss picks (averaged over five splits, as gate.features
-"model" picks it) and the last layer; the JSON holds every layer.
+"model" picks it), the last layer and, with --answers, the answer layer the seeds pick; the JSON holds
+every layer.
 
     python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
                                          [--answers 64]
@@ -161,7 +162,7 @@ def main():
     auc = lambda r, k: show(r[k], "3f", r[k + "_ci"])  # noqa: E731
     pct = lambda r, k: show(r[k], "pct0", r[k + "_ci"])  # noqa: E731
     for r in shown:
-        name = r["features"] + (" (seeds' pick)" if r in picks else "")
+        name = r["features"] + (" (seeds' pick)" if any(r is p for p in picks) else "")
         table.add_row(name, f"{r['seed_auroc']:.3f}", auc(r, "check_auroc"), auc(r, "xstest_auroc"),
                       pct(r, "advbench_flagged"), pct(r, "hh_harmless_flagged"), pct(r, "xstest_safe_flagged"),
                       pct(r, "xstest_unsafe_flagged"), pct(r, "xstest_unsafe_at_bar"), pct(r, "hh_harmless_at_bar"))

@@ -141,10 +141,9 @@ def fit_probe(x: np.ndarray, y: np.ndarray, folds, standardize: bool = False, sp
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import cross_val_predict
+    from sklearn.preprocessing import StandardScaler
 
     from .stats import logistic_cv
-
-    from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x) if standardize else None
     mean, scale = (scaler.mean_, scaler.scale_) if scaler else (0.0, 1.0)
