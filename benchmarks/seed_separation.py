@@ -11,6 +11,9 @@ by whether the seed answer refuses), exactly as the gate fits it, and then score
   answer L   with --answers N: the same model's states after layer L averaged over the last prompt
              token and its own greedy answer of up to N tokens (llama.cpp), as if the gate read what
              the model was about to say; an experiment, not a gate option (README, Results)
+  adapter L  with --adapter DIR: the question's states read through a trained LoRA adapter (a run's
+             iter_N/adapter), as if the gate read the aligned model; the seeds it is fitted on were
+             in that adapter's training data, so its seed AUROC is optimistic (README, Results)
 
 Columns: out-of-fold AUROC on the seeds; AUROC on the recipe's check (harmful vs benign) and on
 XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse" (P >= 0.5) on the
@@ -18,11 +21,11 @@ safety suite's default subsets (Wilson intervals); and, for reading only, XSTest
 flagged at the threshold that flags 20% of XSTest's safe prompts (issue 13's bar). That threshold is
 read off XSTest itself, so it is a ceiling, not a setting anyone could ship. The table shows the gate,
 the layer the seeds' cross-validated log loss picks (averaged over five splits, as gate.features
-"model" picks it), the last layer and, with --answers, the answer layer the seeds pick; the JSON holds
-every layer.
+"model" picks it), the last layer and, with --answers or --adapter, the layer the seeds pick among
+those rows; the JSON holds every layer.
 
     python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
-                                         [--answers 64]
+                                         [--answers 64] [--adapter runs/safety/iter_2/adapter]
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--answers", type=int, default=0, metavar="N",
                     help="also the states averaged over the model's own greedy answer of up to N tokens")
+    ap.add_argument("--adapter", type=Path, help="also the question states read through this LoRA adapter (PEFT folder)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -147,9 +151,19 @@ def main():
         rows += answered
         picks.append(min(answered, key=lambda r: r["seed_log_loss"]))
         shown.append(picks[-1])
+    if args.adapter:
+        from peft import PeftModel  # loads adapter_model.safetensors
+
+        trained = ModelStates(card.name)  # its own copy: the cached one stays the untrained model
+        trained.model = PeftModel.from_pretrained(trained.model, str(args.adapter)).eval()
+        through = layer_rows({k: trained(v) for k, v in questions.items()}, y, recipe.seed, "adapter")
+        rows += through
+        picks.append(min(through, key=lambda r: r["seed_log_loss"]))
+        shown.append(picks[-1])
     report = {"recipe": str(args.recipe), "model": card.name, "threads": args.threads, "seeds": len(seeds),
               "seed_refusals": int(y.sum()), "sizes": {k: len(v) for k, v in sets.items()},
               "chosen_by_seeds": chosen["features"], "answer_tokens": args.answers,
+              "adapter": str(args.adapter) if args.adapter else None,
               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     print(json.dumps(report, indent=2))
 
