@@ -71,7 +71,8 @@ def main():
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml",
                     help="the recipe whose held-out check sets to score (the model is the run's own)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="at most N prompts a set: the first N of the check, a stratified N of each suite set (0: all)")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="at most N prompts a set: the check's first N, a stratified N of each suite set (0: all)")
     ap.add_argument("--data", help="the public suites' folder: also rank the safety suite's default subsets")
     args = ap.parse_args()
 

@@ -114,7 +114,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--answers", type=int, default=0, metavar="N",
                     help="also the states averaged over the model's own greedy answer of up to N tokens")
-    ap.add_argument("--adapter", type=Path, help="also the question states read through this LoRA adapter (PEFT folder)")
+    ap.add_argument("--adapter", type=Path,
+                    help="also the question states read through this LoRA adapter (PEFT folder)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
