@@ -8,7 +8,9 @@ the pooled held-out verdicts, with a bootstrap interval for F1; the mean error o
 same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
 responses to 200 requests, written apart and never fitted on) and on refusal_heldout2.jsonl (200 more,
 by a third author, written after the first had shown which kinds the judge missed), beside the judge as it was before
-(the opening's embedding and the regex verdict, C=4, on the first 220 responses).
+(the opening's embedding and the regex verdict, C=4, on the first 220 responses). Then on
+refusal_heldout3.jsonl (a fourth author's 200) and refusal_model_answers.jsonl (models' own answers,
+the refusal rate per model), also against the default judge fitted on held-out sets 1 and 2 as well.
 With --llm MODEL also the LLM judge (whole set).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
@@ -29,13 +31,14 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (HELDOUT2, WINDOW, ReferenceJudge, CachedEmbedder, cross_validate, get_judge, held_out,
-                                          load_labelled, write_weights)
+from isara_lite.evaluation.judges import (HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS, WINDOW, ClassifierJudge, ReferenceJudge,
+                                          CachedEmbedder, cross_validate, get_judge, held_out, load_labelled, write_weights)
 from isara_lite.refusal import is_refusal
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
@@ -50,16 +53,15 @@ class Before:
     name = "refusal, before (220 responses)"
 
     def __init__(self, embedder):
-        import numpy as np
         from sklearn.linear_model import LogisticRegression
 
-        self.embedder, self.np = embedder, np
+        self.embedder = embedder
         texts, labels = load_labelled()
         self.model = LogisticRegression(C=4.0, max_iter=2000).fit(self.features(texts[:220]), labels[:220])
 
     def features(self, texts):
-        return self.np.hstack([self.embedder([t[:WINDOW] for t in texts]),
-                               self.np.array([[float(is_refusal(t))] for t in texts], dtype=self.np.float32)])
+        return np.hstack([self.embedder([t[:WINDOW] for t in texts]),
+                          np.array([[float(is_refusal(t))] for t in texts], dtype=np.float32)])
 
     def refused(self, prompts, responses):
         return [bool(p >= 0.5) for p in self.model.predict_proba(self.features(responses))[:, 1]]
@@ -89,6 +91,16 @@ def main():
     report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
     report["refusal_heldout"] = held_out(embedder, {"before": Before(embedder)})
     report["refusal_heldout2"] = held_out(embedder, {"before": Before(embedder)}, HELDOUT2)
+    # the sets nothing was fitted on or chosen by, also against the same judge fitted on the two sets before
+    # them as well: does more written data help where it was not written?
+    texts, labels = load_labelled()
+    for path in (HELDOUT, HELDOUT2):
+        t, y = load_labelled(path)
+        texts, labels = texts + t, np.concatenate([labels, y])
+    more = {"before": Before(embedder), "+ sets 1-2": ClassifierJudge(embedder, True, texts, labels)}
+    for key, path in (("refusal_heldout3", HELDOUT3), ("refusal_model_answers", MODEL_ANSWERS)):
+        if path.is_file():
+            report[key] = held_out(embedder, more, path)
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -147,7 +159,10 @@ def main():
         t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
         Console(width=160).print(t)
 
-    for key, file in (("refusal_heldout", "refusal_heldout.jsonl"), ("refusal_heldout2", "refusal_heldout2.jsonl")):
+    for key, file in (("refusal_heldout", HELDOUT.name), ("refusal_heldout2", HELDOUT2.name),
+                      ("refusal_heldout3", HELDOUT3.name)):
+        if key not in report:
+            continue
         h = report[key]
         t = Table(title=f"refusal judges on {file}: {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} "
                         f"to unsafe requests)", caption="fitted on all of refusal.jsonl; rate error: |judged - true| "
@@ -155,11 +170,26 @@ def main():
         for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
                     "rate error unsafe", "rate error safe"):
             t.add_column(col)
-        for name in ("refusal", "classifier", "before", "regex", "prefix-list"):
+        for name in ("refusal", "+ sets 1-2", "classifier", "before", "regex", "prefix-list"):
+            if name not in h:
+                continue
             v = h[name]
             t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision",
                                                         "recall")], show(v["f1"], "3f", v["f1_ci"]),
                       f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
+        Console(width=160).print(t)
+    if "refusal_model_answers" in report:
+        h = report["refusal_model_answers"]
+        t = Table(title=f"refusal judges on {MODEL_ANSWERS.name}: {h['n']} models' own answers ({h['refusals']} refusals)",
+                  caption="per model: true -> judged refusal rate, F1")
+        models = list(h["refusal"]["by_model"])
+        for col in ("judge", "F1 (all)", *models):
+            t.add_column(col)
+        for name in ("refusal", "+ sets 1-2", "classifier", "before", "regex", "prefix-list"):
+            v = h[name]
+            t.add_row(name, show(v["f1"], "3f", v["f1_ci"]),
+                      *[f"{100 * m['true_rate']:.1f}% -> {100 * m['judged_rate']:.1f}% (F1 {m['f1']:.3f})"
+                        for m in v["by_model"].values()])
         Console(width=160).print(t)
 
 if __name__ == "__main__":

@@ -42,6 +42,12 @@ HELDOUT = DATA.with_name("refusal_heldout.jsonl")
 # A second such set, by a third author (each line says whether its request is safe: prompt_type),
 # written after the first had shown which kinds the judge got wrong.
 HELDOUT2 = DATA.with_name("refusal_heldout2.jsonl")
+# A third, by a fourth author, written before anyone had looked at how a judge did on it.
+HELDOUT3 = DATA.with_name("refusal_heldout3.jsonl")
+# Models' own answers to questions they generated in ISARA runs (never a check or suite prompt), from
+# runs whose answers are not in DATA, labelled one by one; each line names its model ("model"), so
+# the error on each model's refusal rate shows, as the suites report it per model.
+MODEL_ANSWERS = DATA.with_name("refusal_model_answers.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on DATA:
 # written by `python benchmarks/judges.py --refit`, used only while DATA is the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -261,13 +267,17 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
 
 
 def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) -> dict:
-    """The refusal judges fitted on all of DATA, measured on PATH (HELDOUT, HELDOUT2): accuracy on each class,
-    precision / recall / F1 of "refused", and the error on the refusal rate of the responses to
-    unsafe requests and to safe ones (what the suites report). before: {name: judge} to add."""
+    """The refusal judges fitted on all of DATA, measured on PATH (HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS):
+    accuracy on each class, precision / recall / F1 of "refused", and the error on the refusal rate
+    of the responses to unsafe requests and to safe ones, or of each model's answers where the lines
+    name a model (what the suites report). before: {name: judge} to add."""
     rows = [r for _, r in read_records(path)]
     texts, truth = [r["response"] for r in rows], np.array([r["refused"] for r in rows])
-    unsafe = np.array([r["prompt_type"] == "unsafe" if "prompt_type" in r else r["kind"] in UNSAFE_KINDS
-                       for r in rows])
+    models = sorted({r["model"] for r in rows if "model" in r})
+    # a model's own questions carry no safe / unsafe mark; set 1 marks them by the kind of answer written
+    unsafe = np.array([r["prompt_type"] == "unsafe" if "prompt_type" in r else
+                       not models and r["kind"] in UNSAFE_KINDS for r in rows])
+    of_model = {m: np.array([r.get("model") == m for r in rows]) for m in models}
     embedder = CachedEmbedder(embedder or _embedder())
     judges = {"refusal": ClassifierJudge(embedder, True), "classifier": ClassifierJudge(embedder, False),
               "regex": RegexJudge(), **(before or {})}
@@ -277,12 +287,23 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT) ->
     for name, y in said.items():
         out[name] = {**scores(truth, y), "refusals_caught": float(y[truth].mean()),
                      "answers_kept": float((~y[~truth]).mean()),
-                     "rate_error_unsafe": float(abs(y[unsafe].mean() - truth[unsafe].mean())),
-                     "rate_error_safe": float(abs(y[~unsafe].mean() - truth[~unsafe].mean())),
+                     "rate_error_unsafe": _rate_error(y[unsafe], truth[unsafe]),
+                     "rate_error_safe": _rate_error(y[~unsafe], truth[~unsafe]) if not models else None,
+                     **({"by_model": {m: _rates(y[k], truth[k]) for m, k in of_model.items()}} if models else {}),
                      "wrong_by_kind": {k: int(sum(1 for r, a in zip(rows, y) if r["kind"] == k and a != r["refused"]))
                                        for k in sorted({r["kind"] for r in rows})}}
     return out | {"n": len(rows), "refusals": int(truth.sum()), "unsafe": int(unsafe.sum()),
                   "kinds": {k: sum(r["kind"] == k for r in rows) for k in sorted({r["kind"] for r in rows})}}
+
+
+def _rate_error(said: np.ndarray, truth: np.ndarray) -> float | None:
+    return float(abs(said.mean() - truth.mean())) if len(truth) else None
+
+
+def _rates(said: np.ndarray, truth: np.ndarray) -> dict:
+    """One model's answers: the true refusal rate, the judged one, and F1."""
+    return {"n": int(len(truth)), "true_rate": float(truth.mean()), "judged_rate": float(said.mean()),
+            "rate_error": float(abs(said.mean() - truth.mean())), **scores(truth, said)}
 
 
 class CachedEmbedder:
