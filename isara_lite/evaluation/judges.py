@@ -303,7 +303,7 @@ def _rate_error(said: np.ndarray, truth: np.ndarray) -> float | None:
 def _rates(said: np.ndarray, truth: np.ndarray) -> dict:
     """One model's answers: the true refusal rate, the judged one, and F1."""
     return {"n": int(len(truth)), "true_rate": float(truth.mean()), "judged_rate": float(said.mean()),
-            "rate_error": float(abs(said.mean() - truth.mean())), **scores(truth, said)}
+            "rate_error": _rate_error(said, truth), **scores(truth, said)}
 
 
 class CachedEmbedder:
