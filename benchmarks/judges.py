@@ -1,17 +1,15 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
-refusal judges: stratified 5-fold on isara_lite/evaluation/judge_data/refusal.jsonl (820 labelled
-responses: 620 written for this project, 200 of the bundled model's own generated answers labelled
-for it; the folds' verdicts on those 200 are also reported alone): accuracy per fold; precision, recall and F1 of "refused" on
-the pooled held-out verdicts, with a bootstrap interval for F1; the mean error on a fold's refusal rate. Judges with nothing to fit
-(regex, and the baselines: a fixed refusal prefix list, always the majority label) are scored on the
-same folds. Then every judge fitted on all of it and measured on refusal_heldout.jsonl (200
-responses to 200 requests, written apart and never fitted on) and on refusal_heldout2.jsonl (200 more,
-by a third author, written after the first had shown which kinds the judge missed), beside the judge as it was before
-(the opening's embedding and the regex verdict, C=4, on the first 220 responses). Then on
-refusal_heldout3.jsonl (a fourth author's 200) and refusal_model_answers.jsonl (models' own answers,
-the refusal rate per model), also against the default judge fitted on held-out sets 1 and 2 as well.
-With --llm MODEL also the LLM judge (whole set).
+refusal judges: stratified 5-fold on everything the shipped judge is fitted on (judges.FITTED_ON:
+1,836 labelled responses in six files, written for this project or models' own answers labelled for
+it; the default judge's out-of-fold figures are also reported per file): accuracy per fold; precision,
+recall and F1 of "refused" on the pooled held-out verdicts, with a bootstrap interval for F1; the
+mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the baselines: a fixed
+refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
+shipped, measured on the sets held out from it (refusal_heldout4.jsonl, written blind; and
+refusal_model_answers2.jsonl, both models' fresh answers, the refusal rate per model), beside the
+default judge without its echo rule and the one shipped before it (fitted on refusal.jsonl alone).
+With --llm MODEL also the LLM judge (on refusal.jsonl).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
 with GPT-4's answer as the reference (needs ../shared/data or --data); baseline: the longer answer.
@@ -31,40 +29,29 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS, WINDOW, ClassifierJudge, ReferenceJudge,
-                                          CachedEmbedder, cross_validate, get_judge, held_out, load_labelled, write_weights)
-from isara_lite.refusal import is_refusal
+from isara_lite.evaluation.judges import (HELDOUT4, MODEL_ANSWERS2, ClassifierJudge, ReferenceJudge, CachedEmbedder,
+                                          cross_validate, get_judge, held_out, load_labelled, write_weights)
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPARED = ("refusal", "without the echo rule", "shipped before (820)", "classifier", "regex", "prefix-list")
 
 
-class Before:
-    """The default judge as it was: logistic regression (C=4) on the embedding of the opening and
-    the regex verdict, fitted on the first 220 labelled responses."""
-
-    name = "refusal, before (220 responses)"
-
-    def __init__(self, embedder):
-        from sklearn.linear_model import LogisticRegression
-
-        self.embedder = embedder
-        texts, labels = load_labelled()
-        self.model = LogisticRegression(C=4.0, max_iter=2000).fit(self.features(texts[:220]), labels[:220])
-
-    def features(self, texts):
-        return np.hstack([self.embedder([t[:WINDOW] for t in texts]),
-                          np.array([[float(is_refusal(t))] for t in texts], dtype=np.float32)])
-
-    def refused(self, prompts, responses):
-        return [bool(p >= 0.5) for p in self.model.predict_proba(self.features(responses))[:, 1]]
+def compared(embedder) -> dict:
+    """The judges measured beside the shipped ones: the default without its echo rule, and the default as
+    shipped before this data (fitted on refusal.jsonl alone, reading the response alone)."""
+    plain = ClassifierJudge(embedder, True)
+    plain.echo = False
+    texts, labels = load_labelled()
+    before = ClassifierJudge(embedder, True, texts, labels)
+    before.echo = False
+    return {"without the echo rule": plain, "shipped before (820)": before}
 
 
 def main():
@@ -76,7 +63,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pandalm", type=Path, help="PandaLM's data/testset-v1.json: measure (and with --refit fit) "
                                                  "the features judge")
-    ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on refusal.jsonl again "
+    ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on judges.FITTED_ON again "
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
 
@@ -89,16 +76,8 @@ def main():
     t0 = time.time()
     report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
     report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
-    report["refusal_heldout"] = held_out(embedder, {"before": Before(embedder)})
-    report["refusal_heldout2"] = held_out(embedder, {"before": Before(embedder)}, HELDOUT2)
-    # the sets nothing was fitted on or chosen by, also against the same judge fitted on the two sets before
-    # them as well: does more written data help where it was not written?
-    texts, labels = load_labelled()
-    for path in (HELDOUT, HELDOUT2):
-        t, y = load_labelled(path)
-        texts, labels = texts + t, np.concatenate([labels, y])
-    more = {"before": Before(embedder), "+ sets 1-2": ClassifierJudge(embedder, True, texts, labels)}
-    for key, path in (("refusal_heldout3", HELDOUT3), ("refusal_model_answers", MODEL_ANSWERS)):
+    more = compared(embedder)
+    for key, path in (("refusal_heldout4", HELDOUT4), ("refusal_model_answers2", MODEL_ANSWERS2)):
         if path.is_file():
             report[key] = held_out(embedder, more, path)
     if args.llm:
@@ -137,11 +116,6 @@ def main():
         t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
                   " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
                   show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
-    if "refusal on tiny-model answers" in cv:
-        v = cv["refusal on tiny-model answers"]
-        t.add_row("refusal", f"the same folds, its {v['n']} answers of the bundled model", f"{v['accuracy']:.3f}", "",
-                  f"{v['precision']:.3f}", f"{v['recall']:.3f}", show(v["f1"], "3f", v["f1_ci"]),
-                  f"{100 * v['rate_error']:.1f} points")
     if "llm" in report:
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():
@@ -159,38 +133,41 @@ def main():
         t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
         Console(width=160).print(t)
 
-    for key, file in (("refusal_heldout", HELDOUT.name), ("refusal_heldout2", HELDOUT2.name),
-                      ("refusal_heldout3", HELDOUT3.name)):
-        if key not in report:
-            continue
-        h = report[key]
-        t = Table(title=f"refusal judges on {file}: {h['n']} held-out responses ({h['refusals']} refusals; {h['unsafe']} "
-                        f"to unsafe requests)", caption="fitted on all of refusal.jsonl; rate error: |judged - true| "
-                                                        "refusal rate, responses to unsafe / safe requests")
+    t = Table(title=f"the default judge's out-of-fold verdicts ({cv['k']}-fold), per file it is fitted on")
+    for col in ("file", "responses", "accuracy", "precision", "recall", "F1", "refusal-rate error"):
+        t.add_column(col)
+    for f, v in cv["refusal"]["by_file"].items():
+        t.add_row(f, str(v["n"]), *[f"{v[k]:.3f}" for k in ("accuracy", "precision", "recall")],
+                  show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
+    Console(width=160).print(t)
+    if "refusal_heldout4" in report:
+        h = report["refusal_heldout4"]
+        t = Table(title=f"refusal judges on {HELDOUT4.name}: {h['n']} held-out responses ({h['refusals']} refusals; "
+                        f"{h['unsafe']} to unsafe requests)",
+                  caption="never fitted on; rate error: |judged - true| refusal rate, responses to unsafe / safe requests")
         for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
                     "rate error unsafe", "rate error safe"):
             t.add_column(col)
-        for name in ("refusal", "+ sets 1-2", "classifier", "before", "regex", "prefix-list"):
-            if name not in h:
-                continue
+        for name in COMPARED:
             v = h[name]
             t.add_row(name, *[f"{v[k]:.3f}" for k in ("accuracy", "refusals_caught", "answers_kept", "precision",
                                                         "recall")], show(v["f1"], "3f", v["f1_ci"]),
                       f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
         Console(width=160).print(t)
-    if "refusal_model_answers" in report:
-        h = report["refusal_model_answers"]
-        t = Table(title=f"refusal judges on {MODEL_ANSWERS.name}: {h['n']} models' own answers ({h['refusals']} refusals)",
-                  caption="per model: true -> judged refusal rate, F1")
+    if "refusal_model_answers2" in report:
+        h = report["refusal_model_answers2"]
+        t = Table(title=f"refusal judges on {MODEL_ANSWERS2.name}: {h['n']} models' own answers ({h['refusals']} "
+                        f"refusals)", caption="never fitted on; per model: true -> judged refusal rate, F1")
         models = list(h["refusal"]["by_model"])
         for col in ("judge", "F1 (all)", *models):
             t.add_column(col)
-        for name in ("refusal", "+ sets 1-2", "classifier", "before", "regex", "prefix-list"):
+        for name in COMPARED:
             v = h[name]
             t.add_row(name, show(v["f1"], "3f", v["f1_ci"]),
                       *[f"{100 * m['true_rate']:.1f}% -> {100 * m['judged_rate']:.1f}% (F1 {m['f1']:.3f})"
                         for m in v["by_model"].values()])
         Console(width=160).print(t)
+
 
 if __name__ == "__main__":
     main()
