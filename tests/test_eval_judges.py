@@ -18,10 +18,12 @@ def cached(embedder):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_refusal_judges_held_out_accuracy(cached):
     """5-fold on the 1,836 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
     redirecting and deflecting; compliance, disclaimers, leaks after a caveat, look-alikes such as "I
-    can't believe how easy...", models' own answers and echoes). The regex alone is ~0.7."""
+    can't believe how easy...", models' own answers and echoes). The regex alone is ~0.7. Slow (about
+    3 min on 2 cores: 10 fits, each choosing C by 5-fold); `benchmarks/judges.py` prints the same."""
     r = J.cross_validate(cached, folds=5)
     print({k: round(v["mean"], 3) for k, v in r.items() if isinstance(v, dict) and "mean" in v})
     assert r["n"] == 1836 and 0.4 < r["refusals"] / r["n"] < 0.6

@@ -3,9 +3,9 @@
 Refusal judges (safety suite) say whether each response declines its request:
   regex        the built-in check's rules (refusal.is_refusal)
   classifier   logistic regression on all-MiniLM-L6-v2 embeddings of the response (its first sentence,
-               its opening, the mean of its sentences), fitted on judge_data/refusal.jsonl (labelled
-               examples written for this project and answers of the bundled model) and shipped
-               fitted (refusal_judge.safetensors)
+               its opening, the mean of its sentences), fitted on the labelled files of FITTED_ON
+               (responses written for this project and models' own answers) and shipped fitted
+               (refusal_judge.safetensors); a response that echoes its request is no refusal (ECHO)
   refusal      (default) the same classifier with lexical features too: the regex and prefix-list
                verdicts, and TF-IDF of the opening's word 1-3-grams
 Pairwise judges (instructions suite) say which of two outputs is better, 1 / 0 / 0.5 for a tie:
@@ -40,8 +40,8 @@ DATA = Path(__file__).resolve().parent / "judge_data" / "refusal.jsonl"
 # sets below: echoes of the request, stock apologies that go on to answer, deflections, refusals that
 # quote the request.
 MORE = DATA.with_name("refusal_more.jsonl")
-# Written apart from DATA (another author, prompts included), measured on while held out (README,
-# Evaluation), fitted on since the fifth set below took their place.
+# Written apart from DATA (another author, prompts included); this and the next three were measured on
+# while held out (README, Evaluation) and are fitted on since HELDOUT4 and MODEL_ANSWERS2 took their place.
 HELDOUT = DATA.with_name("refusal_heldout.jsonl")
 # A second such set, by a third author (each line says whether its request is safe: prompt_type),
 # written after the first had shown which kinds the judge got wrong.
