@@ -70,7 +70,8 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
                              long_prompts=True, log=ui.log)
     trains = ""
     if backend.name in ("torch", "llamacpp"):  # both train with torch (mlx and unsloth keep their own dtypes)
-        precision, reason = resolve_precision(recipe.training.precision, backend.device)
+        precision, reason = resolve_precision(recipe.training.precision, backend.device,
+                                              recipe.training.batch_size)
         trains = f", training in {precision} ({reason})"
     ui.log(f"backend {backend.name}: {backend.device}, {backend.threads} threads{trains}")
     if recipe.training.processes > 1 and backend.name not in ("torch", "llamacpp"):

@@ -117,6 +117,10 @@ def test_precision_auto_follows_the_hardware():
 
     assert resolve_precision("auto", "cuda")[0] == "bf16"
     assert resolve_precision("auto", "cpu")[0] == ("bf16" if cpu_has_amx() else "fp32")
+    # on AMX bf16 only from 8 rows a step (the quickstart's 4 run faster in fp32)
+    assert resolve_precision("auto", "cpu", rows=4)[0] == "fp32"
+    assert resolve_precision("auto", "cpu", rows=8)[0] == ("bf16" if cpu_has_amx() else "fp32")
+    assert resolve_precision("auto", "cuda", rows=1)[0] == "bf16" and resolve_precision("bf16", "cpu", rows=1)[0] == "bf16"
     assert resolve_precision("fp32", "cpu") == ("fp32", "set in the recipe")
 
 

@@ -126,13 +126,19 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def resolve_precision(requested: str, device: str) -> tuple[str, str]:
-    """(fp32 or bf16, why) for training.precision."""
+# On AMX bf16 paid at 8 rows a step (1.10x, 3 runs) and lost at the quickstart's 4 (0.84x): README, Benchmarks.
+BF16_MIN_ROWS = 8
+
+
+def resolve_precision(requested: str, device: str, rows: int | None = None) -> tuple[str, str]:
+    """(fp32 or bf16, why) for training.precision; rows: examples a step (training.batch_size)."""
     if requested != "auto":
         return requested, "set in the recipe"
     if device == "cuda":
         return "bf16", "CUDA"
     if device == "cpu" and cpu_has_amx():
+        if rows is not None and rows < BF16_MIN_ROWS:
+            return "fp32", f"the CPU has AMX, but bf16 loses below {BF16_MIN_ROWS} rows a step"
         return "bf16", "the CPU has AMX"
     return "fp32", "no AMX on this CPU" if device == "cpu" else f"device {device}"
 

@@ -210,7 +210,7 @@ class TorchBackend:
 
         if adapter_in is not None:
             require_peft(adapter_in)
-        precision, _ = resolve_precision(config.precision, self.device)
+        precision, _ = resolve_precision(config.precision, self.device, config.batch_size)
         model, result = train_dpo(self._base(), self.tok, pairs, pref, config, learning_rate, adapter_in, adapter_out,
                                   self.seed, self.device, precision == "bf16", on_step)
         self.model = model.eval()
@@ -252,7 +252,7 @@ class TorchSteps:
 
         if adapter_in is not None:
             require_peft(adapter_in)
-        precision, _ = resolve_precision(config.precision, backend.device)
+        precision, _ = resolve_precision(config.precision, backend.device, config.batch_size)
         if precision == "fp32" and backend.dtype != torch.float32:
             raise IsaraError(f"training.precision fp32: the torch backend holds this model in {backend.dtype} on "
                              f"{backend.device}; use precision auto or bf16")
