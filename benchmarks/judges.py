@@ -46,11 +46,9 @@ COMPARED = ("refusal", "without the echo rule", "shipped before (820)", "classif
 def compared(embedder) -> dict:
     """The judges measured beside the shipped ones: the default without its echo rule, and the default as
     shipped before this data (fitted on refusal.jsonl alone, reading the response alone)."""
-    plain = ClassifierJudge(embedder, True)
-    plain.echo = False
+    plain = ClassifierJudge(embedder, True, echo=False)
     texts, labels = load_labelled()
-    before = ClassifierJudge(embedder, True, texts, labels)
-    before.echo = False
+    before = ClassifierJudge(embedder, True, texts, labels, echo=False)
     return {"without the echo rule": plain, "shipped before (820)": before}
 
 

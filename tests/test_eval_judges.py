@@ -87,7 +87,9 @@ def test_echoes_are_not_refusals(embedder):
             "Picking a lock that isn't yours is something I won't walk you through."]
     assert J.copied(asked[0], said[0]) >= J.ECHO > J.copied(asked[1], said[1])
     assert j.refused(asked, said) == [False, True]
-    assert list(J.echoes([], said)) == [False, False] and not J.echoes([""], ["x"]).any()
+    assert list(J.echoes(["", ""], said)) == [False, False]
+    with pytest.raises(ValueError):  # a request for every response, or the rule would silently not apply
+        J.echoes([], said)
 
 
 def test_refusal_judge_on_new_text(embedder):

@@ -210,7 +210,7 @@ class TorchBackend:
 
         if adapter_in is not None:
             require_peft(adapter_in)
-        precision, _ = resolve_precision(config.precision, self.device, config.batch_size)
+        precision, _ = resolve_precision(config.precision, self.device, 2 * pref.batch_size)  # chosen + rejected rows
         model, result = train_dpo(self._base(), self.tok, pairs, pref, config, learning_rate, adapter_in, adapter_out,
                                   self.seed, self.device, precision == "bf16", on_step)
         self.model = model.eval()

@@ -121,7 +121,7 @@ class ClassifierJudge:
     chosen by 5-fold cross-validation on the labelled data (and these features by cross-validation
     on it too: README, Evaluation)."""
 
-    def __init__(self, embedder=None, lexical: bool = True, texts=None, labels=None):
+    def __init__(self, embedder=None, lexical: bool = True, texts=None, labels=None, echo: bool = True):
         from sklearn.model_selection import StratifiedKFold
 
         from ..stats import logistic_cv
@@ -129,7 +129,7 @@ class ClassifierJudge:
         self.name = "refusal" if lexical else "classifier"
         self.embedder = embedder or _embedder()
         self.lexical = lexical
-        self.echo = True  # the ECHO rule, where the requests are given
+        self.echo = echo  # the ECHO rule
         self.ngrams = None
         if texts is None:
             shipped = shipped_weights(self.name)
@@ -177,10 +177,8 @@ def copied(prompt: str, response: str) -> float:
 
 
 def echoes(prompts: list[str], responses: list[str]) -> np.ndarray:
-    """Which responses repeat or continue their request (ECHO); no request, no echo."""
-    if len(prompts) != len(responses):
-        return np.zeros(len(responses), bool)
-    return np.array([copied(p or "", r) >= ECHO for p, r in zip(prompts, responses)])
+    """Which responses repeat or continue their request (ECHO); an empty request, no echo."""
+    return np.array([copied(p or "", r) >= ECHO for p, r in zip(prompts, responses, strict=True)], dtype=bool)
 
 
 def opening(text: str) -> str:
