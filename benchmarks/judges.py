@@ -16,9 +16,11 @@ with GPT-4's answer as the reference (needs ../shared/data or --data); baseline:
 features judge, with --pandalm FILE (PandaLM's data/testset-v1.json, not kept here): agreement with
 the human majority on instructions held out (5 folds grouped by instruction), beside the longer
 answer, with bootstrap intervals and the paired difference; --refit also writes its coefficients.
+With --autoj FILE (Auto-J's data/test/testdata_pairwise.jsonl, not kept here): the features judge as
+shipped, never fitted or chosen on it, against the longer answer on its human labels (ties left out).
 
   .venv/bin/python benchmarks/judges.py [--refit] [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
-                                        [--pandalm testset-v1.json]
+                                        [--pandalm testset-v1.json] [--autoj testdata_pairwise.jsonl]
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pandalm", type=Path, help="PandaLM's data/testset-v1.json: measure (and with --refit fit) "
                                                  "the features judge")
+    ap.add_argument("--autoj", type=Path, help="Auto-J's data/test/testdata_pairwise.jsonl: measure the features "
+                                               "judge on human labels it was never fitted on")
     ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on judges.FITTED_ON again "
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
@@ -103,6 +107,8 @@ def main():
                                                                  "n": len(longer)}
     if pandalm:
         report["pairwise_pandalm"] = pairwise_judge.cross_validate(pandalm, embedder, folds=args.folds)
+    if args.autoj:
+        report["pairwise_autoj"] = pairwise_judge.held_out(pairwise_judge.load_autoj(args.autoj), embedder)
     print(json.dumps(report, indent=2))
 
     t = Table(title="judge accuracy", caption="baselines: prefix-list, majority (refusal); longer answer (pairwise)")
@@ -124,6 +130,17 @@ def main():
         p = report["pairwise_pandalm"]
         t = Table(title=f"pairwise judges on PandaLM's human labels: {p['n']} pairs, {p['instructions']} instructions, "
                         f"{p['folds']} folds grouped by instruction")
+        for col in ("judge", "agreement", "95% interval"):
+            t.add_column(col)
+        for name in ("features", "longer answer (baseline)"):
+            t.add_row(name, f"{p[name]['agreement']:.3f}", "{:.3f}-{:.3f}".format(*p[name]["ci"]))
+        t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
+        Console(width=160).print(t)
+
+    if "pairwise_autoj" in report:
+        p = report["pairwise_autoj"]
+        t = Table(title=f"pairwise judges as shipped on Auto-J's human labels (never fitted on): {p['n']} pairs "
+                        f"that are not ties, {p['instructions']} queries")
         for col in ("judge", "agreement", "95% interval"):
             t.add_column(col)
         for name in ("features", "longer answer (baseline)"):

@@ -83,3 +83,29 @@ def test_an_answer_to_another_instruction_loses_whatever_its_length(embedder):
     shipped = json.loads(P.WEIGHTS.read_text())
     loose = P.FeatureJudge(embedder, shipped["coef"], off_topic=-1.0)
     assert loose.prefer([INSTRUCTION], ["Shorter showers."], [elsewhere]) == [0.0]
+
+
+def test_autoj_pairs_are_scored_by_the_shipped_judge_against_length(tmp_path, embedder):
+    """Auto-J's format (ties dropped, bad lines named), and the held-out score of the shipped judge:
+    where the longer answer only repeats itself, the judge agrees with the labels and length does not."""
+    f = tmp_path / "testdata_pairwise.jsonl"
+    rows = []
+    for i in range(6):
+        topic = f"topic {i}"
+        good = f"A clear, short note on {topic}: {topic} matters because people use {topic} every day."
+        bad = " ".join([f"{topic} is {topic}."] * 8)
+        rows.append({"scenario": "open_question", "prompt": f"Write about {topic}.", "response 1": good,
+                     "response 2": bad, "label": 0} if i % 2 else
+                    {"scenario": "open_question", "prompt": f"Write about {topic}.", "response 1": bad,
+                     "response 2": good, "label": 1})
+    rows.append({"scenario": "chitchat", "prompt": "Hi", "response 1": "Hello!", "response 2": "Hi!", "label": 2})
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = P.load_autoj(f)
+    assert d["a_better"].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]  # the tie is left out
+    r = P.held_out(d, embedder)
+    assert r["n"] == 6 and r["features"]["agreement"] == 1.0 and r["longer answer (baseline)"]["agreement"] == 0.0
+    assert r["difference"]["points"] == 100.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "response 1": "a", "response 2": "b"}) + "\n")
+    with pytest.raises(IsaraError, match=r"bad.jsonl:1: field 'label'"):
+        P.load_autoj(bad)

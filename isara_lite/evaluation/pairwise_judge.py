@@ -130,6 +130,29 @@ def load_pandalm(path: Path) -> dict:
     return out
 
 
+def load_autoj(path: Path) -> dict:
+    """Auto-J's pairwise test set (github.com/GAIR-NLP/auto-j, data/test/testdata_pairwise.jsonl: 1,392
+    pairs of answers to real users' queries in 58 scenarios, each labelled by people), the pairs
+    labelled other than a tie, in load_pandalm's shape plus each pair's scenario."""
+    from ..data import read_records
+
+    out = {"instructions": [], "a": [], "b": [], "a_better": [], "scenarios": [],
+           "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    for line, r in read_records(Path(path)):
+        for key in ("prompt", "response 1", "response 2", "label"):
+            if not isinstance(r.get(key), int if key == "label" else str):
+                raise IsaraError(f"{path}:{line}: field '{key}': missing or wrong type (not Auto-J's testdata_pairwise.jsonl?)")
+        if r["label"] not in (0, 1):  # 2: a tie
+            continue
+        out["instructions"].append(r["prompt"])
+        out["a"].append(r["response 1"])
+        out["b"].append(r["response 2"])
+        out["a_better"].append(float(r["label"] == 0))
+        out["scenarios"].append(str(r.get("scenario", "")))
+    out["a_better"] = np.array(out["a_better"])
+    return out
+
+
 def mismatched(data: dict, seed: int = 0) -> list[str]:
     """For each pair, an answer to another instruction: what an off-topic answer looks like."""
     import random
@@ -173,6 +196,24 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
                            "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]},
             "preferred over an answer to another instruction": {"rate": float(off.mean()),
                                                                 "ci": bootstrap_mean(off)}}
+
+
+def held_out(data: dict, embedder, judge: "FeatureJudge | None" = None) -> dict:
+    """The shipped judge (nothing fitted here) against the longer-answer baseline on labelled pairs it
+    never saw (load_autoj): agreement with the people's label, ties counting half, with bootstrap
+    intervals and the paired difference."""
+    from ..stats import bootstrap_diff, bootstrap_mean
+
+    judge = judge or FeatureJudge(embedder)
+    y = data["a_better"]
+    ours = np.array(judge.prefer(data["instructions"], data["a"], data["b"]))
+    longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
+    ag, lg = (np.where(p == 0.5, 0.5, p == y) for p in (ours, longer))
+    return {"n": len(y), "instructions": len(set(data["instructions"])),
+            "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
+            "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
+            "difference": {"points": float(100 * (ag.mean() - lg.mean())),
+                           "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]}}
 
 
 def write_weights(data: dict, embedder) -> Path:
