@@ -8,7 +8,8 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout4.jsonl, written blind; and
 refusal_model_answers2.jsonl, both models' fresh answers, the refusal rate per model), beside the
-default judge without its echo rule and the one shipped before it (fitted on refusal.jsonl alone).
+default judge without its echo rule, refusal-text (the default before the states probe) and the text
+judge fitted on refusal.jsonl alone (the default before 4a70ff7).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
@@ -42,13 +43,14 @@ from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPARED = ("refusal", "without the echo rule", "shipped before (820)", "classifier", "regex", "prefix-list")
+COMPARED = ("refusal", "refusal-text", "without the echo rule", "shipped before (820)", "classifier", "regex",
+            "prefix-list")
 
 
 def compared(embedder) -> dict:
-    """The judges measured beside the shipped ones: the default without its echo rule, and the default as
-    shipped before this data (fitted on refusal.jsonl alone, reading the response alone)."""
-    plain = ClassifierJudge(embedder, True, echo=False)
+    """The judges measured beside the shipped ones: the default without its echo rule, and the text
+    judge as shipped before the data of 4a70ff7 (fitted on refusal.jsonl alone, reading the response alone)."""
+    plain = ClassifierJudge(embedder, True, echo=False, states=True)
     texts, labels = load_labelled()
     before = ClassifierJudge(embedder, True, texts, labels, echo=False)
     return {"without the echo rule": plain, "shipped before (820)": before}
@@ -115,7 +117,7 @@ def main():
     for col in ("judge", "data", "accuracy", "per fold", "precision", "recall", "F1", "refusal-rate error"):
         t.add_column(col)
     cv = report["refusal_kfold"]
-    for name in ("refusal", "classifier", "regex", "prefix-list", "majority"):
+    for name in ("refusal", "refusal-text", "classifier", "regex", "prefix-list", "majority"):
         v = cv[name]
         t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
                   " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",

@@ -102,8 +102,8 @@ def export(run, fmt, iteration, out):
               help="folder with the public data sets (default: download once into the cache)")
 @click.option("--full", is_flag=True, help="every item instead of the fixed stratified subsets")
 @click.option("--limit", type=int, help="at most N items per data set (quick looks)")
-@click.option("--judge", help="refusal|regex|classifier (safety), features|reference|reference-embed (instructions), "
-                              "llm:MODEL or openai:MODEL (both)")
+@click.option("--judge", help="refusal|refusal-text|regex|classifier (safety), "
+                              "features|reference|reference-embed (instructions), llm:MODEL or openai:MODEL (both)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="output folder (default RUN/eval/iter_t or evals/<model>)")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)

@@ -141,7 +141,8 @@ def load_autoj(path: Path) -> dict:
     for line, r in read_records(Path(path)):
         for key in ("prompt", "response 1", "response 2", "label"):
             if not isinstance(r.get(key), int if key == "label" else str):
-                raise IsaraError(f"{path}:{line}: field '{key}': missing or wrong type (not Auto-J's testdata_pairwise.jsonl?)")
+                raise IsaraError(f"{path}:{line}: field '{key}': missing or wrong type "
+                                 "(not Auto-J's testdata_pairwise.jsonl?)")
         if r["label"] not in (0, 1):  # 2: a tie
             continue
         out["instructions"].append(r["prompt"])
