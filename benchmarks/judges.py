@@ -56,6 +56,17 @@ def compared(embedder) -> dict:
     return {"without the echo rule": plain, "shipped before (820)": before}
 
 
+def print_pairwise(p: dict, title: str) -> None:
+    """The features judge against the longer answer: agreement with people, and the difference."""
+    t = Table(title=title)
+    for col in ("judge", "agreement", "95% interval"):
+        t.add_column(col)
+    for name in ("features", "longer answer (baseline)"):
+        t.add_row(name, f"{p[name]['agreement']:.3f}", "{:.3f}-{:.3f}".format(*p[name]["ci"]))
+    t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
+    Console(width=160).print(t)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -130,25 +141,12 @@ def main():
 
     if "pairwise_pandalm" in report:
         p = report["pairwise_pandalm"]
-        t = Table(title=f"pairwise judges on PandaLM's human labels: {p['n']} pairs, {p['instructions']} instructions, "
-                        f"{p['folds']} folds grouped by instruction")
-        for col in ("judge", "agreement", "95% interval"):
-            t.add_column(col)
-        for name in ("features", "longer answer (baseline)"):
-            t.add_row(name, f"{p[name]['agreement']:.3f}", "{:.3f}-{:.3f}".format(*p[name]["ci"]))
-        t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
-        Console(width=160).print(t)
-
+        print_pairwise(p, f"pairwise judges on PandaLM's human labels: {p['n']} pairs, {p['instructions']} instructions, "
+                          f"{p['folds']} folds grouped by instruction")
     if "pairwise_autoj" in report:
         p = report["pairwise_autoj"]
-        t = Table(title=f"pairwise judges as shipped on Auto-J's human labels (never fitted on): {p['n']} pairs "
-                        f"that are not ties, {p['instructions']} queries")
-        for col in ("judge", "agreement", "95% interval"):
-            t.add_column(col)
-        for name in ("features", "longer answer (baseline)"):
-            t.add_row(name, f"{p[name]['agreement']:.3f}", "{:.3f}-{:.3f}".format(*p[name]["ci"]))
-        t.add_row("difference", f"{p['difference']['points']:+.1f} points", "{:+.1f} to {:+.1f}".format(*p["difference"]["ci"]))
-        Console(width=160).print(t)
+        print_pairwise(p, f"pairwise judges as shipped on Auto-J's human labels (never fitted on): {p['n']} pairs "
+                          f"that are not ties, {p['instructions']} queries")
 
     t = Table(title=f"the default judge's out-of-fold verdicts ({cv['k']}-fold), per file it is fitted on")
     for col in ("file", "responses", "accuracy", "precision", "recall", "F1", "refusal-rate error"):
