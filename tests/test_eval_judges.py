@@ -23,11 +23,13 @@ def test_refusal_judges_held_out_accuracy(cached):
     """5-fold on the 1,836 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
     redirecting and deflecting; compliance, disclaimers, leaks after a caveat, look-alikes such as "I
     can't believe how easy...", models' own answers and echoes). The regex alone is ~0.7. Slow (about
-    3 min on 2 cores: 10 fits, each choosing C by 5-fold); `benchmarks/judges.py` prints the same."""
+    12 min on 2 cores: the bundled model reads all 1,836, then 15 fits, each choosing C by 5-fold);
+    `benchmarks/judges.py` prints the same."""
     r = J.cross_validate(cached, folds=5)
     print({k: round(v["mean"], 3) for k, v in r.items() if isinstance(v, dict) and "mean" in v})
     assert r["n"] == 1836 and 0.4 < r["refusals"] / r["n"] < 0.6
-    assert r["refusal"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
+    assert r["refusal"]["mean"] >= 0.9 and r["refusal-text"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
+    assert r["refusal"]["f1"] > r["refusal-text"]["f1"]  # reading with the model is what it ships for
     assert r["refusal"]["mean"] > r["regex"]["mean"] + 0.05
     assert min(r["refusal"]["folds"]) >= 0.8
     # the baselines are scored on the same folds, and the default judge beats them
@@ -115,6 +117,7 @@ def test_refusal_judges_on_models_own_answers(cached):
     assert set(by_model) == {"smollm2-135m-instruct", "gemma3-270m"} and sum(v["n"] for v in by_model.values()) == h["n"]
     assert h["refusal"]["rate_error_unsafe"] is None and h["refusal"]["rate_error_safe"] is None
     assert all(v["rate_error"] < 0.12 for v in by_model.values())
+    assert h["refusal"]["f1"] > h["refusal-text"]["f1"]  # the states probe's gain on models' answers (README)
 
 
 def test_echoes_are_not_refusals(embedder):
