@@ -131,6 +131,8 @@ class ClassifierJudge:
 
         from ..stats import logistic_cv
 
+        if states and not lexical:
+            raise ValueError("the states probe is averaged with the lexical judge (refusal-text), not the bare classifier")
         self.name = "refusal" if states else "refusal-text" if lexical else "classifier"
         self.embedder = embedder or _embedder()
         self.lexical = lexical
