@@ -41,10 +41,20 @@ def test_refusal_judges_held_out_accuracy(cached):
     assert by_file[J.MODEL_ANSWERS.name]["rate_error"] < 0.1
 
 
+def test_the_shipped_judges_were_fitted_on_todays_data():
+    """judge_data/refusal_judge.safetensors carries the hash of FITTED_ON, the model and the layer it
+    was fitted with; a change to any of them and the judges would silently refit at every use
+    (`python benchmarks/judges.py --refit` rebuilds it). The refits themselves: the two slow tests next."""
+    for name in ("refusal-text", "classifier"):
+        assert J.shipped_weights(name) is not None, f"{J.WEIGHTS}: {name} missing or fitted on other data"
+    assert J.shipped_probe() is not None, f"{J.WEIGHTS}: states probe missing or fitted on other data, model or layer"
+
+
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_the_shipped_judges_are_fitted_on_the_labelled_data(cached):
-    """judge_data/refusal_judge.safetensors is what fitting on FITTED_ON gives today (rebuild it
-    with `python benchmarks/judges.py --refit` after changing the data); the states probe: next test."""
+    """The shipped text judges are what fitting on FITTED_ON gives today. Slow (about 90 s: two fits,
+    each choosing C among 11 by 5-fold); the states probe: next test."""
     import numpy as np
 
     texts, labels, _, _ = J.load_fitted_on()
