@@ -133,11 +133,10 @@ def load_pandalm(path: Path) -> dict:
 def load_autoj(path: Path) -> dict:
     """Auto-J's pairwise test set (github.com/GAIR-NLP/auto-j, data/test/testdata_pairwise.jsonl: 1,392
     pairs of answers to real users' queries in 58 scenarios, each labelled by people), the pairs
-    labelled other than a tie, in load_pandalm's shape plus each pair's scenario."""
+    labelled other than a tie: instructions, both responses, and whether the first is better."""
     from ..data import read_records
 
-    out = {"instructions": [], "a": [], "b": [], "a_better": [], "scenarios": [],
-           "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+    out = {"instructions": [], "a": [], "b": [], "a_better": []}
     for line, r in read_records(Path(path)):
         for key in ("prompt", "response 1", "response 2", "label"):
             if not isinstance(r.get(key), int if key == "label" else str):
@@ -149,7 +148,6 @@ def load_autoj(path: Path) -> dict:
         out["a"].append(r["response 1"])
         out["b"].append(r["response 2"])
         out["a_better"].append(float(r["label"] == 0))
-        out["scenarios"].append(str(r.get("scenario", "")))
     out["a_better"] = np.array(out["a_better"])
     return out
 
@@ -173,7 +171,7 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
     answer beats an answer to another instruction, on the same held-out folds."""
     from sklearn.model_selection import GroupKFold
 
-    from ..stats import bootstrap_diff, bootstrap_mean
+    from ..stats import bootstrap_mean
 
     fa, fb = sides(data["instructions"], data["a"], data["b"], embedder)
     y = data["a_better"]
@@ -184,37 +182,30 @@ def cross_validate(data: dict, embedder, folds: int = 5) -> dict:
         coef, line = fit(fa[train] - fb[train], y[train]), off_topic_line(fa[train], fb[train])
         ours[test] = judge_pairs(fa[test], fb[test], coef, line)
         off[test] = judge_pairs(fm[test], fo[test], coef, line)
-    longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
-
-    def agree(pred):
-        return np.where(pred == 0.5, 0.5, pred == y)
-
-    ag, lg = agree(ours), agree(longer)
-    return {"n": len(y), "instructions": len(set(data["instructions"])), "folds": folds,
-            "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
-            "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
-            "difference": {"points": float(100 * (ag.mean() - lg.mean())),
-                           "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]},
+    return {**against_length(data, ours), "folds": folds,
             "preferred over an answer to another instruction": {"rate": float(off.mean()),
                                                                 "ci": bootstrap_mean(off)}}
 
 
-def held_out(data: dict, embedder, judge: "FeatureJudge | None" = None) -> dict:
-    """The shipped judge (nothing fitted here) against the longer-answer baseline on labelled pairs it
-    never saw (load_autoj): agreement with the people's label, ties counting half, with bootstrap
-    intervals and the paired difference."""
+def against_length(data: dict, ours) -> dict:
+    """Agreement of verdicts OURS and of the longer answer with the people's labels (ties count half),
+    with bootstrap intervals and the paired difference."""
     from ..stats import bootstrap_diff, bootstrap_mean
 
-    judge = judge or FeatureJudge(embedder)
     y = data["a_better"]
-    ours = np.array(judge.prefer(data["instructions"], data["a"], data["b"]))
-    longer = np.array(verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float)))
-    ag, lg = (np.where(p == 0.5, 0.5, p == y) for p in (ours, longer))
+    longer = verdicts(np.array([len(a) - len(b) for a, b in zip(data["a"], data["b"])], dtype=float))
+    ag, lg = (np.where(np.asarray(p) == 0.5, 0.5, np.asarray(p) == y) for p in (ours, longer))
     return {"n": len(y), "instructions": len(set(data["instructions"])),
             "features": {"agreement": float(ag.mean()), "ci": bootstrap_mean(ag)},
             "longer answer (baseline)": {"agreement": float(lg.mean()), "ci": bootstrap_mean(lg)},
             "difference": {"points": float(100 * (ag.mean() - lg.mean())),
                            "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]}}
+
+
+def held_out(data: dict, embedder) -> dict:
+    """The shipped judge (nothing fitted here) against the longer answer on labelled pairs it never
+    saw (load_autoj)."""
+    return against_length(data, FeatureJudge(embedder).prefer(data["instructions"], data["a"], data["b"]))
 
 
 def write_weights(data: dict, embedder) -> Path:
