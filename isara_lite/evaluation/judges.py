@@ -132,7 +132,7 @@ class ClassifierJudge:
         from ..stats import logistic_cv
 
         if states and not lexical:
-            raise ValueError("the states probe is averaged with the lexical judge (refusal-text), not the bare classifier")
+            raise ValueError("the states probe goes with the lexical judge (refusal-text), not the classifier")
         self.name = "refusal" if states else "refusal-text" if lexical else "classifier"
         self.embedder = embedder or _embedder()
         self.lexical = lexical
@@ -154,16 +154,25 @@ class ClassifierJudge:
             texts, labels, prompts, _ = load_fitted_on()
         if lexical:
             self.ngrams = ngram_vectorizer().fit([opening(t) for t in texts])
-        folds = StratifiedKFold(5, shuffle=True, random_state=0)
-        model = logistic_cv(self.features(texts), labels, np.logspace(-2, 3, 11), folds)
+        model = logistic_cv(self.features(texts), labels, np.logspace(-2, 3, 11),
+                            StratifiedKFold(5, shuffle=True, random_state=0))
         self.coef, self.intercept, self.C = model.coef_[0], float(model.intercept_[0]), float(model.C)
         if states:
-            from ..gate import fit_probe
-
             if prompts is None:
                 raise ValueError("a judge that reads the request is fitted with each text's request (prompts)")
-            w, b, c, _, _ = fit_probe(self.reader(prompts, texts), labels, folds, standardize=True)
-            self.probe = (w, b, c)
+            self.fit_states(self.reader, prompts, texts, labels)
+
+    def fit_states(self, reader, prompts: list[str], texts: list[str], labels) -> None:
+        """Add the probe on READER's states of (request, reply), fitted on these: refusal-text becomes
+        refusal, its text classifier as it was (cross-validation fits that once for both)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        from ..gate import fit_probe
+
+        self.reader, self.name = reader, "refusal"
+        w, b, c, _, _ = fit_probe(reader(prompts, texts), labels, StratifiedKFold(5, shuffle=True, random_state=0),
+                                  standardize=True)
+        self.probe = (w, b, c)
 
     def features(self, texts: list[str]):
         split = [sentences(t) for t in texts]
@@ -347,10 +356,11 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0) -> dict:
         said["regex"][test] = RegexJudge().refused(asked, te)
         said["prefix-list"][test] = [prefix_refused(t) for t in te]
         said["majority"][test] = labels[train].mean() > 0.5
-        for lexical, states in ((False, False), (True, False), (True, True)):
-            j = ClassifierJudge(embedder, lexical, tr, labels[train], states=states, prompts=[prompts[i] for i in train],
-                                reader=reader)
-            said[j.name][test] = j.refused(asked, te)
+        said["classifier"][test] = ClassifierJudge(embedder, False, tr, labels[train]).refused(asked, te)
+        j = ClassifierJudge(embedder, True, tr, labels[train])
+        said["refusal-text"][test] = j.refused(asked, te)
+        j.fit_states(reader, [prompts[i] for i in train], tr, labels[train])
+        said["refusal"][test] = j.refused(asked, te)
     out = {}
     for name, y in said.items():
         out[name] = {"mean": float(np.mean([np.mean(y[t] == labels[t]) for _, t in splits])),
