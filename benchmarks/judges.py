@@ -19,9 +19,13 @@ the human majority on instructions held out (5 folds grouped by instruction), be
 answer, with bootstrap intervals and the paired difference; --refit also writes its coefficients.
 With --autoj FILE (Auto-J's data/test/testdata_pairwise.jsonl, not kept here): the features judge as
 shipped, never fitted or chosen on it, against the longer answer on its human labels (ties left out).
+With --llmbar DIR (LLMBar's Dataset/ folder, not kept here): the same on each of its sets, and pooled
+over the sets LLMBar draws from natural distributions (pairwise_judge.LLMBAR_NATURAL) and over the
+rest, which are built so that the worse answer looks better. --pairwise-only skips the refusal judges.
 
   .venv/bin/python benchmarks/judges.py [--refit] [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
                                         [--pandalm testset-v1.json] [--autoj testdata_pairwise.jsonl]
+                                        [--llmbar LLMBar/Dataset] [--pairwise-only]
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def main():
                                                  "the features judge")
     ap.add_argument("--autoj", type=Path, help="Auto-J's data/test/testdata_pairwise.jsonl: measure the features "
                                                "judge on human labels it was never fitted on")
+    ap.add_argument("--llmbar", type=Path, help="LLMBar's Dataset/ folder: measure the features judge on each "
+                                                "of its sets, never fitted on")
+    ap.add_argument("--pairwise-only", action="store_true", help="skip the refusal judges")
     ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on judges.FITTED_ON again "
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
@@ -88,13 +95,15 @@ def main():
         print(f"wrote {write_weights(embedder)}")
         if pandalm:
             print(f"wrote {pairwise_judge.write_weights(pandalm, embedder)}")
-    t0 = time.time()
-    report = {"refusal_kfold": cross_validate(embedder, folds=args.folds)}
-    report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
-    more = compared(embedder)
-    for key, path in (("refusal_heldout4", HELDOUT4), ("refusal_model_answers2", MODEL_ANSWERS2)):
-        if path.is_file():
-            report[key] = held_out(embedder, more, path)
+    report = {}
+    if not args.pairwise_only:
+        t0 = time.time()
+        report["refusal_kfold"] = cross_validate(embedder, folds=args.folds)
+        report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
+        more = compared(embedder)
+        for key, path in (("refusal_heldout4", HELDOUT4), ("refusal_model_answers2", MODEL_ANSWERS2)):
+            if path.is_file():
+                report[key] = held_out(embedder, more, path)
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -120,15 +129,25 @@ def main():
                                                                  "n": len(longer)}
     if pandalm:
         report["pairwise_pandalm"] = pairwise_judge.cross_validate(pandalm, embedder, folds=args.folds)
-    if args.autoj:
-        report["pairwise_autoj"] = pairwise_judge.held_out(pairwise_judge.load_autoj(args.autoj), embedder)
+    autoj = pairwise_judge.load_autoj(args.autoj) if args.autoj else None
+    if autoj:
+        report["pairwise_autoj"] = pairwise_judge.held_out(autoj, embedder)
+    if args.llmbar:
+        sets = pairwise_judge.load_llmbar(args.llmbar)
+        natural = [k for k in sets if k in pairwise_judge.LLMBAR_NATURAL]
+        groups = {**{k: [sets[k]] for k in sets}, "pooled: natural": [sets[k] for k in natural],
+                  "pooled: built against surface cues": [sets[k] for k in sets if k not in natural]}
+        if autoj:
+            groups["pooled: natural and Auto-J"] = [autoj, *groups["pooled: natural"]]
+        report["pairwise_llmbar"] = {name: pairwise_judge.held_out(pairwise_judge.pooled(group), embedder)
+                                     for name, group in groups.items() if group}
     print(json.dumps(report, indent=2))
 
     t = Table(title="judge accuracy", caption="baselines: prefix-list, majority (refusal); longer answer (pairwise)")
     for col in ("judge", "data", "accuracy", "per fold", "precision", "recall", "F1", "refusal-rate error"):
         t.add_column(col)
-    cv = report["refusal_kfold"]
-    for name in ("refusal", "refusal-text", "classifier", "regex", "prefix-list", "majority"):
+    cv = report.get("refusal_kfold")
+    for name in ("refusal", "refusal-text", "classifier", "regex", "prefix-list", "majority") if cv else ():
         v = cv[name]
         t.add_row(name, f"{cv['n']} labelled responses, {cv['k']}-fold", f"{v['mean']:.3f}",
                   " ".join(f"{x:.2f}" for x in v["folds"]), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
@@ -137,7 +156,8 @@ def main():
         t.add_row(report["llm"]["judge"], "same, whole set (nothing fitted)", f"{report['llm']['accuracy']:.3f}", "")
     for name, v in report.get("reference_sanity", {}).items():
         t.add_row(name, f"AlpacaEval matched vs mismatched answer, {v['n']} pairs", f"{v['matched_preferred']:.3f}", "")
-    Console(width=160).print(t)
+    if t.row_count:
+        Console(width=160).print(t)
 
     if "pairwise_pandalm" in report:
         p = report["pairwise_pandalm"]
@@ -147,6 +167,18 @@ def main():
         p = report["pairwise_autoj"]
         print_pairwise(p, f"pairwise judges as shipped on Auto-J's human labels (never fitted on): {p['n']} pairs "
                           f"that are not ties, {p['instructions']} queries")
+    if "pairwise_llmbar" in report:
+        t = Table(title="the features judge as shipped on LLMBar's sets (never fitted on)",
+                  caption="natural: LLMBar/Natural and Processed/*, LLMBar's own split")
+        for col in ("set", "pairs", "features", "longer answer", "difference (paired bootstrap)"):
+            t.add_column(col)
+        for name, p in report["pairwise_llmbar"].items():
+            t.add_row(name, str(p["n"]), show(p["features"]["agreement"], "3f", p["features"]["ci"]),
+                      show(p["longer answer (baseline)"]["agreement"], "3f", p["longer answer (baseline)"]["ci"]),
+                      "{:+.1f} points [{:+.1f}, {:+.1f}]".format(p["difference"]["points"], *p["difference"]["ci"]))
+        Console(width=160).print(t)
+    if not cv:
+        return
 
     t = Table(title=f"the default judge's out-of-fold verdicts ({cv['k']}-fold), per file it is fitted on")
     for col in ("file", "responses", "accuracy", "precision", "recall", "F1", "refusal-rate error"):

@@ -109,3 +109,32 @@ def test_autoj_pairs_are_scored_by_the_shipped_judge_against_length(tmp_path, em
     bad.write_text(json.dumps({"prompt": "x", "response 1": "a", "response 2": "b"}) + "\n")
     with pytest.raises(IsaraError, match=r"bad.jsonl:1: field 'label'"):
         P.load_autoj(bad)
+
+
+def test_llmbar_sets_are_read_by_folder_and_bad_labels_named(tmp_path, embedder):
+    """LLMBar's layout (a dataset.json per set folder, labels 1 or 2), pooled sets, and the held-out
+    score: where the longer answer only repeats itself, the judge agrees with the labels and length does not."""
+    for n, (folder, flip) in enumerate((("LLMBar/Natural", False), ("Processed/MT-Bench", True))):
+        items = []
+        for i in range(3):
+            topic = f"topic {3 * n + i}"
+            good = f"A clear, short note on {topic}: {topic} matters because people use {topic} every day."
+            bad = " ".join([f"{topic} is {topic}."] * 8)
+            a, b = (bad, good) if (i % 2) ^ flip else (good, bad)
+            items.append({"input": f"Write about {topic}.", "output_1": a, "output_2": b, "label": 1 if a == good else 2})
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "dataset.json").write_text(json.dumps(items))
+    sets = P.load_llmbar(tmp_path)
+    assert list(sets) == ["LLMBar/Natural", "Processed/MT-Bench"]
+    assert all(k in P.LLMBAR_NATURAL for k in sets)
+    assert sets["LLMBar/Natural"]["a_better"].tolist() == [1.0, 0.0, 1.0]
+    both = P.pooled(list(sets.values()))
+    assert len(both["a"]) == 6 and both["a_better"].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    r = P.held_out(both, embedder)
+    assert r["n"] == 6 and r["features"]["agreement"] == 1.0 and r["longer answer (baseline)"]["agreement"] == 0.0
+    (tmp_path / "Processed/MT-Bench/dataset.json").write_text(json.dumps([{"input": "x", "output_1": "a",
+                                                                           "output_2": "b", "label": 0}]))
+    with pytest.raises(IsaraError, match=r"MT-Bench/dataset.json: item 0: field 'label': 0, expected 1 or 2"):
+        P.load_llmbar(tmp_path)
+    with pytest.raises(IsaraError, match="no dataset.json under it"):
+        P.load_llmbar(tmp_path / "LLMBar" / "Natural" / "none")

@@ -152,6 +152,46 @@ def load_autoj(path: Path) -> dict:
     return out
 
 
+# LLMBar's own split: sets drawn from natural distributions, and sets built so that the worse answer
+# looks better on the surface (Adversarial; CaseStudy's constraint, negation and base-model sets).
+LLMBAR_NATURAL = ("LLMBar/Natural", "Processed/FairEval", "Processed/LLMEval^2", "Processed/MT-Bench")
+
+
+def load_llmbar(root: Path) -> dict[str, dict]:
+    """LLMBar's pairwise sets (github.com/princeton-nlp/LLMBar, Dataset/, MIT: every dataset.json under
+    ROOT, keyed by its folder relative to ROOT; expert-checked or majority human labels, no ties):
+    instructions, both responses, and whether the first is better."""
+    files = sorted(Path(root).rglob("dataset.json"))
+    if not files:
+        raise IsaraError(f"{root}: no dataset.json under it (not LLMBar's Dataset/ folder?)")
+    out = {}
+    for path in files:
+        try:
+            items = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise IsaraError(f"{path}: not LLMBar's dataset.json ({e})") from None
+        d = {"instructions": [], "a": [], "b": [], "a_better": []}
+        for n, r in enumerate(items if isinstance(items, list) else [None]):
+            for key in ("input", "output_1", "output_2", "label"):
+                if not isinstance(r, dict) or key not in r:
+                    raise IsaraError(f"{path}: item {n}: field '{key}': missing")
+            if r["label"] not in (1, 2):
+                raise IsaraError(f"{path}: item {n}: field 'label': {r['label']!r}, expected 1 or 2")
+            d["instructions"].append(str(r["input"]))
+            d["a"].append(r["output_1"] if isinstance(r["output_1"], str) else "")
+            d["b"].append(r["output_2"] if isinstance(r["output_2"], str) else "")
+            d["a_better"].append(float(r["label"] == 1))
+        d["a_better"] = np.array(d["a_better"])
+        out[path.parent.relative_to(root).as_posix()] = d
+    return out
+
+
+def pooled(sets: list[dict]) -> dict:
+    """Several labelled sets as one."""
+    return {"instructions": [x for d in sets for x in d["instructions"]], "a": [x for d in sets for x in d["a"]],
+            "b": [x for d in sets for x in d["b"]], "a_better": np.concatenate([d["a_better"] for d in sets])}
+
+
 def mismatched(data: dict, seed: int = 0) -> list[str]:
     """For each pair, an answer to another instruction: what an off-topic answer looks like."""
     import random
