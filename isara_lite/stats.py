@@ -63,6 +63,40 @@ def bootstrap_diff(a, b, paired: bool, n_boot: int = N_BOOT, seed: int = 0) -> l
     return _boot((a, b), lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis), n_boot, seed)
 
 
+def _length_controlled(y: np.ndarray, t: np.ndarray, ridge: float = 0.1, steps: int = 30) -> np.ndarray:
+    """sigmoid(theta) of the fit y ~ sigmoid(theta + phi * t), for each row of y and t ([B, n]):
+    Newton's method on the log loss (fractional y: a tie is half a win), a weak ridge keeping theta
+    finite when every item is a win."""
+    th, ph = np.zeros(len(y)), np.zeros(len(y))
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(th[:, None] + ph[:, None] * t)))
+        r, w = p - y, p * (1 - p)
+        g0, g1 = r.sum(1) + ridge * th, (r * t).sum(1) + ridge * ph
+        h00, h01, h11 = w.sum(1) + ridge, (w * t).sum(1), (w * t * t).sum(1) + ridge
+        det = h00 * h11 - h01 * h01
+        th, ph = th - (h11 * g0 - h01 * g1) / det, ph - (h00 * g1 - h01 * g0) / det
+    return 1 / (1 + np.exp(-th))
+
+
+def length_controlled(prefs, len_a, len_b, n_boot: int = N_BOOT, seed: int = 0):
+    """AlpacaEval 2.0's length-controlled win rate (Dubois et al. 2024, arXiv 2404.04475), without
+    its per-instruction difficulty term: preference ~ sigmoid(theta + phi * tanh(d / sd)), d the
+    length difference in characters (a - b) and sd its standard deviation over the items; the win
+    rate at equal length is sigmoid(theta). Returns (it, a bootstrap interval over items), or
+    (None, None) without items."""
+    y = np.asarray(prefs, dtype=float)
+    if len(y) == 0:
+        return None, None
+    d = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
+    t = np.tanh(d / d.std()) if d.std() > 0 else np.zeros_like(d)
+    value = float(_length_controlled(y[None], t[None])[0])
+    if len(y) < 2:
+        return value, None
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    lo, hi = np.percentile(_length_controlled(y[idx], t[idx]), [2.5, 97.5])
+    return value, [float(lo), float(hi)]
+
+
 def bootstrap_f1(truth, said, n_boot: int = N_BOOT, seed: int = 0) -> list[float] | None:
     """Bootstrap interval for the F1 of yes-verdicts SAID against TRUTH, items resampled together
     (F1 is not a mean of per-item values, so neither Wilson nor bootstrap_mean applies)."""

@@ -135,6 +135,7 @@ def test_eval_cli_end_to_end(tmp_path):
     i = res["suites"]["instructions"]
     assert i["n"] == 2 and i["win_rate_vs_pretrained"] == 0.5 and i["ties"] == 2  # no adapter: itself
     assert i["win_rate_vs_pretrained_ci"] == [0.5, 0.5]
+    assert i["lc_win_rate_vs_pretrained"] == pytest.approx(0.5)  # the same answers: the same length
     assert "50.0% [50.0-50.0]" in r.stderr  # the table, with its interval
     outputs = json.loads((out / "model_outputs.json").read_text())
     assert len(outputs) == 2 and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}

@@ -150,3 +150,24 @@ def test_bootstrap_auroc_contains_the_auroc_and_narrows_with_more_items():
     assert widths[1] < widths[0] / 2.5  # about 1/sqrt(16) as wide
     assert bootstrap_auroc([1, 1], [0, 0]) == [1.0, 1.0]  # perfectly separated in every resample
     assert bootstrap_auroc([0.5, 0.5], [0.5, 0.5]) == [0.5, 0.5] and bootstrap_auroc([1], [0, 1]) is None
+
+
+def test_length_controlled_win_rate_removes_what_length_explains():
+    """A judge that only picks the longer answer gives ~50% at equal length; a model that wins at
+    equal length keeps its advantage; checked against sklearn's unpenalized logistic fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    from isara_lite.stats import length_controlled
+
+    rng = np.random.default_rng(3)
+    la, lb = rng.integers(50, 800, 400), rng.integers(50, 800, 400)
+    lc, (lo, hi) = length_controlled((la > lb).astype(float), la, lb, n_boot=500)
+    assert lo < 0.5 < hi and abs(lc - 0.5) < 0.05
+    t = np.tanh((la - lb) / np.std(la - lb))
+    y = (rng.random(400) < 1 / (1 + np.exp(-(0.85 + 1.5 * t)))).astype(float)  # 70% at equal length
+    lc, (lo, hi) = length_controlled(y, la, lb, n_boot=500)
+    theta = LogisticRegression(C=np.inf, max_iter=1000).fit(t[:, None], y).intercept_[0]
+    assert lc == pytest.approx(1 / (1 + math.exp(-theta)), abs=2e-3)  # the ridge is weak
+    assert lo < lc < hi and length_controlled(y, la, lb, n_boot=500) == (lc, [lo, hi])  # seeded
+    assert length_controlled([], [], []) == (None, None)
+    assert length_controlled([0.5, 0.5], [3, 3], [3, 3])[0] == pytest.approx(0.5)  # ties at equal length

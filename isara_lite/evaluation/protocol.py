@@ -28,7 +28,7 @@ class Column(NamedTuple):
 
     def value(self, summary: dict):
         d, key = self.where(summary)
-        return d[key]
+        return d.get(key)  # None ("-") where a summary predates the column
 
     def stored_ci(self, summary: dict) -> list[float] | None:
         """The interval the evaluation stored beside the value (KEY_ci), if it did."""
