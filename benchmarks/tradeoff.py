@@ -81,7 +81,8 @@ def measure(rows: list[dict], instruction_rows: list[dict] | None, refusal, pair
         rows = instruction_rows
         prefs = pairwise.prefer([r["instruction"] for r in rows], [r["output"] for r in rows],
                                 [r["pretrained"] for r in rows], [r["reference"] for r in rows])
-        w = instructions.summarize(prefs, pairwise.name)
+        w = instructions.summarize(prefs, pairwise.name, [len(r["output"]) for r in rows],
+                                   [len(r["pretrained"]) for r in rows])
         out["win_rate"] = {"rate": w["win_rate_vs_pretrained"], "ci": w["win_rate_vs_pretrained_ci"], "n": w["n"]}
         items["win_rate"] = {(i, r["instruction"]): float(p) for i, (r, p) in enumerate(zip(rows, prefs))}
     return out, items
