@@ -134,7 +134,9 @@ def main():
         report["pairwise_autoj"] = pairwise_judge.held_out(autoj, embedder)
     if args.llmbar:
         sets = pairwise_judge.load_llmbar(args.llmbar)
-        natural = [k for k in sets if k in pairwise_judge.LLMBAR_NATURAL]
+        natural = [k for k in sets if k.endswith(pairwise_judge.LLMBAR_NATURAL)]
+        if not natural:
+            raise SystemExit(f"{args.llmbar}: none of LLMBar's natural sets {pairwise_judge.LLMBAR_NATURAL} under it")
         groups = {**{k: [sets[k]] for k in sets}, "pooled: natural": [sets[k] for k in natural],
                   "pooled: built against surface cues": [sets[k] for k in sets if k not in natural]}
         if autoj:

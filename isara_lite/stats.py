@@ -84,10 +84,12 @@ def length_controlled(prefs, len_a, len_b, n_boot: int = N_BOOT, seed: int = 0):
     length difference in characters (a - b) and sd its standard deviation over the items; the win
     rate at equal length is sigmoid(theta). Returns (it, a bootstrap interval over items), or
     (None, None) without items."""
-    y = np.asarray(prefs, dtype=float)
+    y, la, lb = (np.asarray(x, dtype=float) for x in (prefs, len_a, len_b))
+    if not len(y) == len(la) == len(lb):
+        raise ValueError(f"{len(y)} preferences, {len(la)} and {len(lb)} lengths")
     if len(y) == 0:
         return None, None
-    d = np.asarray(len_a, dtype=float) - np.asarray(len_b, dtype=float)
+    d = la - lb
     t = np.tanh(d / d.std()) if d.std() > 0 else np.zeros_like(d)
     value = float(_length_controlled(y[None], t[None])[0])
     if len(y) < 2:

@@ -136,5 +136,8 @@ def test_llmbar_sets_are_read_by_folder_and_bad_labels_named(tmp_path, embedder)
                                                                            "output_2": "b", "label": 0}]))
     with pytest.raises(IsaraError, match=r"MT-Bench/dataset.json: item 0: field 'label': 0, expected 1 or 2"):
         P.load_llmbar(tmp_path)
+    (tmp_path / "Processed/MT-Bench/dataset.json").write_text("[]")
+    with pytest.raises(IsaraError, match=r"MT-Bench/dataset.json: not a list of labelled pairs"):
+        P.load_llmbar(tmp_path)
     with pytest.raises(IsaraError, match="no dataset.json under it"):
         P.load_llmbar(tmp_path / "LLMBar" / "Natural" / "none")

@@ -170,4 +170,6 @@ def test_length_controlled_win_rate_removes_what_length_explains():
     assert lc == pytest.approx(1 / (1 + math.exp(-theta)), abs=2e-3)  # the ridge is weak
     assert lo < lc < hi and length_controlled(y, la, lb, n_boot=500) == (lc, [lo, hi])  # seeded
     assert length_controlled([], [], []) == (None, None)
+    with pytest.raises(ValueError, match="2 preferences, 2 and 1 lengths"):
+        length_controlled([1.0, 0.0], [3, 4], [3])
     assert length_controlled([0.5, 0.5], [3, 3], [3, 3])[0] == pytest.approx(0.5)  # ties at equal length

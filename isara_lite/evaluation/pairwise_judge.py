@@ -152,8 +152,9 @@ def load_autoj(path: Path) -> dict:
     return out
 
 
-# LLMBar's own split: sets drawn from natural distributions, and sets built so that the worse answer
-# looks better on the surface (Adversarial; CaseStudy's constraint, negation and base-model sets).
+# LLMBar's own split: sets drawn from natural distributions (these, matched at the end of a set's folder),
+# and the others, built so that the worse answer looks better on the surface (Adversarial, and all
+# five CaseStudy sets, Normal included: LLMBar built them as its harder meta-evaluation).
 LLMBAR_NATURAL = ("LLMBar/Natural", "Processed/FairEval", "Processed/LLMEval^2", "Processed/MT-Bench")
 
 
@@ -170,8 +171,10 @@ def load_llmbar(root: Path) -> dict[str, dict]:
             items = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise IsaraError(f"{path}: not LLMBar's dataset.json ({e})") from None
+        if not isinstance(items, list) or not items:
+            raise IsaraError(f"{path}: not a list of labelled pairs (not LLMBar's dataset.json?)")
         d = {"instructions": [], "a": [], "b": [], "a_better": []}
-        for n, r in enumerate(items if isinstance(items, list) else [None]):
+        for n, r in enumerate(items):
             for key in ("input", "output_1", "output_2", "label"):
                 if not isinstance(r, dict) or key not in r:
                     raise IsaraError(f"{path}: item {n}: field '{key}': missing")
