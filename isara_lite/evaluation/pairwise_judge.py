@@ -190,9 +190,9 @@ def load_llmbar(root: Path) -> dict[str, dict]:
 
 
 def pooled(sets: list[dict]) -> dict:
-    """Several labelled sets as one."""
-    return {"instructions": [x for d in sets for x in d["instructions"]], "a": [x for d in sets for x in d["a"]],
-            "b": [x for d in sets for x in d["b"]], "a_better": np.concatenate([d["a_better"] for d in sets])}
+    """Several labelled sets as one (every key the first has: lists joined, arrays concatenated)."""
+    return {k: np.concatenate([d[k] for d in sets]) if isinstance(v, np.ndarray) else [x for d in sets for x in d[k]]
+            for k, v in sets[0].items()}
 
 
 def mismatched(data: dict, seed: int = 0) -> list[str]:
@@ -247,7 +247,7 @@ def against_length(data: dict, ours) -> dict:
 
 def held_out(data: dict, embedder) -> dict:
     """The shipped judge (nothing fitted here) against the longer answer on labelled pairs it never
-    saw (load_autoj)."""
+    saw (load_autoj, load_llmbar)."""
     return against_length(data, FeatureJudge(embedder).prefer(data["instructions"], data["a"], data["b"]))
 
 
