@@ -83,19 +83,23 @@ def length_controlled(prefs, len_a, len_b, n_boot: int = N_BOOT, seed: int = 0):
     its per-instruction difficulty term: preference ~ sigmoid(theta + phi * tanh(d / sd)), d the
     length difference in characters (a - b) and sd its standard deviation over the items; the win
     rate at equal length is sigmoid(theta). Returns (it, a bootstrap interval over items), or
-    (None, None) without items."""
+    (None, None) without items. Given [items, replicates] arrays (seeds that answered the same
+    items), one fit pools them and the bootstrap resamples items with all their replicates."""
     y, la, lb = (np.asarray(x, dtype=float) for x in (prefs, len_a, len_b))
-    if not len(y) == len(la) == len(lb):
-        raise ValueError(f"{len(y)} preferences, {len(la)} and {len(lb)} lengths")
+    if not y.shape == la.shape == lb.shape:
+        raise ValueError(f"{len(y)} preferences, {len(la)} and {len(lb)} lengths" if y.ndim == 1 else
+                         f"preferences {y.shape}, lengths {la.shape} and {lb.shape}")
+    if y.ndim == 1:
+        y, la, lb = y[:, None], la[:, None], lb[:, None]
     if len(y) == 0:
         return None, None
     d = la - lb
     t = np.tanh(d / d.std()) if d.std() > 0 else np.zeros_like(d)
-    value = float(_length_controlled(y[None], t[None])[0])
+    value = float(_length_controlled(y.reshape(1, -1), t.reshape(1, -1))[0])
     if len(y) < 2:
         return value, None
     idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
-    lo, hi = np.percentile(_length_controlled(y[idx], t[idx]), [2.5, 97.5])
+    lo, hi = np.percentile(_length_controlled(y[idx].reshape(n_boot, -1), t[idx].reshape(n_boot, -1)), [2.5, 97.5])
     return value, [float(lo), float(hi)]
 
 

@@ -173,3 +173,21 @@ def test_length_controlled_win_rate_removes_what_length_explains():
     with pytest.raises(ValueError, match="2 preferences, 2 and 1 lengths"):
         length_controlled([1.0, 0.0], [3, 4], [3])
     assert length_controlled([0.5, 0.5], [3, 3], [3, 3])[0] == pytest.approx(0.5)  # ties at equal length
+
+
+def test_length_controlled_pools_replicates_and_resamples_them_together():
+    """Seeds that answered the same items: one fit over all of them, and an interval that does not
+    count a copy of an item as new evidence (flattening would narrow it by about sqrt(2))."""
+    from isara_lite.stats import length_controlled
+
+    rng = np.random.default_rng(5)
+    la, lb = rng.integers(50, 800, 200), rng.integers(50, 800, 200)
+    t = np.tanh((la - lb) / np.std(la - lb))
+    y = (rng.random(200) < 1 / (1 + np.exp(-(0.4 + 1.5 * t)))).astype(float)
+    one, (lo1, hi1) = length_controlled(y, la, lb, n_boot=1000)
+    two, (lo2, hi2) = length_controlled(np.stack([y, y], 1), np.stack([la, la], 1), np.stack([lb, lb], 1), n_boot=1000)
+    flat, (lo3, hi3) = length_controlled(np.r_[y, y], np.r_[la, la], np.r_[lb, lb], n_boot=1000)
+    assert two == pytest.approx(one, abs=2e-3) and two == pytest.approx(flat)
+    assert (hi2 - lo2) == pytest.approx(hi1 - lo1, rel=0.15) and (hi3 - lo3) < 0.8 * (hi2 - lo2)
+    with pytest.raises(ValueError, match=r"preferences \(2, 2\), lengths \(2, 2\) and \(2, 1\)"):
+        length_controlled([[1.0, 0.0]] * 2, [[3, 4]] * 2, [[3]] * 2)

@@ -55,6 +55,8 @@ def test_seeds_of_one_setting_are_averaged_prompt_by_prompt(tmp_path):
     assert r["hh_harmless"]["rate"] == 0.5 and r["xstest_safe"]["rate"] == 0.25 and r["xstest_unsafe"]["rate"] == 1.0
     lo, hi = r["advbench"]["ci"]  # per-prompt means 0, 0.5, 0.5, 1: resampled, not Wilson over 8 answers
     assert 0 <= lo < 0.5 < hi <= 1 and r["win_rate"]["seeds"] == [1.0, 1.0]
+    lc = r["lc_win_rate"]  # one length-controlled fit over both seeds' verdicts: every one a win
+    assert lc["n"] == 2 and lc["seeds"][0] == lc["seeds"][1] and 0.9 < lc["rate"] < 1 and "LC win rate" in out.stdout
     write_eval(tmp_path / "s2", {"advbench": [REFUSE], "hh_harmless": [COMPLY], "xstest_safe": [REFUSE, COMPLY],
                                  "xstest_unsafe": [REFUSE]}, False)
     out = run(f"x={tmp_path / 's0'}+{tmp_path / 's2'}")
