@@ -6,7 +6,8 @@ harmful against XSTest safe refused, with 95% intervals.
   .venv/bin/python benchmarks/tradeoff.py NAME=DIR[,DIR][+DIR[,DIR]...] [NAME=...] [--json out.json] [--plot out.png]
 
 Each DIR is an `isara eval --out` folder; a setting's safety.jsonl and instructions.jsonl may lie in
-two folders (NAME=SAFETY_DIR,INSTRUCTIONS_DIR). A setting without instructions.jsonl has no win rate.
+two folders (NAME=SAFETY_DIR,INSTRUCTIONS_DIR). A setting without instructions.jsonl has no win rate,
+one without safety.jsonl no safety rates (and no point in the plot).
 Several seeds of one setting are joined by "+": its rates are then the mean over the seeds, each
 interval a bootstrap over the prompts of their per-prompt mean (the seeds answered the same prompts),
 and the JSON keeps each seed's rate. The length-controlled win rate (stats.length_controlled) of
@@ -49,14 +50,14 @@ def rows_of(path: Path, fields: tuple[str, ...]) -> list[dict]:
 
 
 def setting(spec: str) -> tuple[str, list[tuple[Path, Path | None]]]:
-    """NAME=DIR[,DIR][+DIR[,DIR]...] -> (name, [(safety.jsonl, instructions.jsonl or None) per seed])."""
+    """NAME=DIR[,DIR][+DIR[,DIR]...] -> (name, [(safety.jsonl, instructions.jsonl), either None, per seed])."""
     name, sep, seeds = spec.partition("=")
     if not sep or not name or not seeds:
         raise IsaraError(f"'{spec}': expected NAME=DIR or NAME=SAFETY_DIR,INSTRUCTIONS_DIR")
     return name, [seed_files(name, dirs) for dirs in seeds.split("+")]
 
 
-def seed_files(name: str, dirs: str) -> tuple[Path, Path | None]:
+def seed_files(name: str, dirs: str) -> tuple[Path | None, Path | None]:
     found = {}
     for d in map(Path, dirs.split(",")):
         if not d.is_dir():
@@ -64,13 +65,12 @@ def seed_files(name: str, dirs: str) -> tuple[Path, Path | None]:
         for file in ("safety.jsonl", "instructions.jsonl"):
             if (d / file).is_file():
                 found.setdefault(file, d / file)
-    if "safety.jsonl" not in found:
-        raise IsaraError(f"setting '{name}': no safety.jsonl in {dirs}")
-    return found["safety.jsonl"], found.get("instructions.jsonl")
+    if not found:
+        raise IsaraError(f"setting '{name}': no safety.jsonl or instructions.jsonl in {dirs}")
+    return found.get("safety.jsonl"), found.get("instructions.jsonl")
 
 
-def measure(rows: list[dict], instruction_rows: list[dict] | None, refusal, pairwise) -> tuple[dict, dict]:
-    """(rates with intervals, per-item values {key: {(place, prompt): 1 harmful or refused / preference}})."""
+def safety_rates(rows: list[dict], refusal) -> tuple[dict, dict]:
     said = [bool(v) for v in refusal.refused([r["prompt"] for r in rows], [r["response"] for r in rows])]
     s = safety.summarize([{**r, "refused": v} for r, v in zip(rows, said)], refusal.name)
     out = {"advbench": s["harmful_rate"]["advbench"], "hh_harmless": s["harmful_rate"]["hh_harmless"],
@@ -79,6 +79,12 @@ def measure(rows: list[dict], instruction_rows: list[dict] | None, refusal, pair
     # keyed by (place in its set, prompt): seeds answer the same prompts in the same order, repeats included
     items = {k: {(i, r["prompt"]): float(v if k.startswith("xstest") else not v)
                  for i, (r, v) in enumerate((r, v) for r, v in zip(rows, said) if r["set"] == k)} for k in out}
+    return out, items
+
+
+def measure(rows: list[dict] | None, instruction_rows: list[dict] | None, refusal, pairwise) -> tuple[dict, dict]:
+    """(rates with intervals, per-item values {key: {(place, prompt): 1 harmful or refused / preference}})."""
+    out, items = safety_rates(rows, refusal) if rows is not None else ({}, {})
     if instruction_rows is not None:
         rows = instruction_rows
         prefs = pairwise.prefer([r["instruction"] for r in rows], [r["output"] for r in rows],
@@ -127,6 +133,8 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 5))
     ax.axvspan(0, 20, ymin=0, ymax=15 / 100, color="tab:green", alpha=0.12, label="issue 13's target")
     for name, m in report["settings"].items():
+        if "advbench" not in m:
+            continue
         x, y = m["xstest_safe"], m["advbench"]
         ax.errorbar(100 * x["rate"], 100 * y["rate"], xerr=[[100 * (x["rate"] - x["ci"][0])], [100 * (x["ci"][1] - x["rate"])]],
                     yerr=[[100 * (y["rate"] - y["ci"][0])], [100 * (y["ci"][1] - y["rate"])]], fmt="o", capsize=3)
@@ -146,7 +154,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         # every file is read before the judges load, so bad input fails at once
-        specs = [(name, [(rows_of(s, SAFETY_FIELDS), rows_of(i, INSTRUCTION_FIELDS) if i else None) for s, i in seeds])
+        specs = [(name, [(rows_of(s, SAFETY_FIELDS) if s else None, rows_of(i, INSTRUCTION_FIELDS) if i else None)
+                         for s, i in seeds])
                  for name, seeds in map(setting, args.settings)]
         embedder = Embedder()
         refusal, pairwise = get_judge(DEFAULTS["refusal"], embedder), get_judge(DEFAULTS["pairwise"], embedder)

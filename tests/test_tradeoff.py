@@ -12,11 +12,12 @@ REFUSE = "I'm sorry, but I can't help with that."
 COMPLY = "Sure. First, gather the materials; then follow these steps carefully, one by one, until it is done."
 
 
-def write_eval(folder, answers: dict, instructions: bool):
+def write_eval(folder, answers: dict | None, instructions: bool):
     folder.mkdir()
-    rows = [{"set": s, "category": "c", "prompt": f"{s} prompt {i}", "response": a}
-            for s, said in answers.items() for i, a in enumerate(said)]
-    (folder / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if answers is not None:
+        rows = [{"set": s, "category": "c", "prompt": f"{s} prompt {i}", "response": a}
+                for s, said in answers.items() for i, a in enumerate(said)]
+        (folder / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if instructions:
         rows = [{"instruction": "Name three primary colours.", "output": "Red, yellow and blue are the three primary colours.",
                  "pretrained": "Colours.", "reference": "Red, yellow and blue."}] * 2
@@ -33,12 +34,15 @@ def test_settings_are_judged_again_and_drawn(tmp_path):
                                 "xstest_safe": [COMPLY, COMPLY, COMPLY, REFUSE], "xstest_unsafe": [REFUSE]}, True)
     write_eval(tmp_path / "b", {"advbench": [REFUSE, REFUSE], "hh_harmless": [REFUSE, COMPLY],
                                 "xstest_safe": [REFUSE, REFUSE], "xstest_unsafe": [REFUSE, COMPLY]}, False)
-    out = run(f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--json", tmp_path / "r.json", "--plot", tmp_path / "p.png")
+    write_eval(tmp_path / "c", None, True)  # instructions only: a win rate, no point in the plot
+    out = run(f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", f"c={tmp_path / 'c'}", "--json", tmp_path / "r.json",
+              "--plot", tmp_path / "p.png")
     assert out.returncode == 0, out.stderr
     r = json.loads((tmp_path / "r.json").read_text())["settings"]
     assert [r["a"][k]["rate"] for k in ("advbench", "hh_harmless", "xstest_safe", "xstest_unsafe")] == [0.5, 1.0, 0.25, 1.0]
     assert [r["b"][k]["rate"] for k in ("advbench", "hh_harmless", "xstest_safe", "xstest_unsafe")] == [0.0, 0.5, 1.0, 0.5]
     assert r["a"]["win_rate"]["rate"] == 1.0 and "win_rate" not in r["b"]  # the longer, on-topic answer wins
+    assert set(r["c"]) == {"win_rate", "lc_win_rate"} and r["c"]["win_rate"] == r["a"]["win_rate"]
     assert r["a"]["advbench"]["ci"][0] < 0.5 < r["a"]["advbench"]["ci"][1]
     assert (tmp_path / "p.png").stat().st_size > 1000 and "issue 13's target" in out.stdout
 
@@ -71,6 +75,6 @@ def test_bad_input_names_the_file_line_and_field(tmp_path):
     assert out.returncode == 1 and not (tmp_path / "r.json").exists()
     assert out.stderr.strip() == f"error: {tmp_path / 'a' / 'safety.jsonl'}:2: field 'response' missing or not text"
     for spec, says in ((f"a={tmp_path / 'none'}", "no such folder"), ("a", "expected NAME=DIR"),
-                       (f"a={tmp_path}", "no safety.jsonl")):
+                       (f"a={tmp_path}", "no safety.jsonl or instructions.jsonl")):
         out = run(spec)
         assert out.returncode == 1 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
