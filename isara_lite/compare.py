@@ -63,6 +63,15 @@ class Cells:
     def missing(self, row: str, suites, key: dict) -> list[str]:
         return [s for s in suites if not self.cached(row, s, key)]
 
+    def pretrained_answers(self) -> dict[str, str] | None:
+        """The pretrained row's AlpacaEval answers, {instruction: answer}, when its cell is on disk with
+        this model and backend (row_key's pretrained key): every other row's win rate is against them,
+        so they are not generated again for each row."""
+        if not self.cached("pretrained", "instructions", {"model": self.model, "backend": self.backend}):
+            return None
+        rows = cell_rows(self.out)("pretrained", "instructions")
+        return {r["instruction"]: r["output"] for r in rows} if rows else None
+
     def run(self, row: str, label: str, suites, key: dict, adapter: Path | None = None, demos=None) -> dict:
         """{suite: summary} for this row; computes only the suites not on disk with these settings."""
         out = {}
@@ -74,7 +83,8 @@ class Cells:
                 self.ui.log(f"compare: {row} / {s}: evaluating")
                 evaluate(model=self.model, adapter=adapter, suite=s, data=self.data, limit=self.limit,
                          out=path.parent, backend=self.backend, threads=self.threads, max_tokens=self.max_tokens,
-                         ui=self.ui, demos=demos, label=label, embedder=self.embedder)
+                         ui=self.ui, demos=demos, label=label, embedder=self.embedder,
+                         pretrained=self.pretrained_answers() if s == "instructions" else None)
                 atomic_write_json(path.with_name("cell.json"), key)
             out[s] = json.loads(path.read_text(encoding="utf-8"))["suites"][s]
         return out

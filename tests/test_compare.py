@@ -188,3 +188,27 @@ def test_domains_grid(finished, embedder, tmp_path, monkeypatch):
     assert cmp.compare_domains([recipe, truth], **args)["rows"] == res["rows"] and len(calls) == n
     with pytest.raises(IsaraError, match="at least two"):
         cmp.compare_domains([recipe], **args)
+
+
+def test_every_row_is_compared_with_the_pretrained_rows_own_answers(finished, embedder, tmp_path, monkeypatch):
+    """The instructions suite: the pretrained row's AlpacaEval answers are what the other rows are
+    judged against, read from its cell, not generated again for each row."""
+    recipe, _, _ = finished
+    prompts = {}
+    real_backend = er.create_backend
+
+    def create_backend(*a, **kw):
+        b = real_backend(*a, **kw)
+        generate = b.generate
+        b.generate = lambda ps, sampling: prompts.setdefault(len(prompts), ps) and generate(ps, sampling)
+        return b
+
+    monkeypatch.setattr(er, "create_backend", create_backend)
+    out = tmp_path / "out"
+    cmp.compare(recipe, suites=["instructions"], limit=2, data=DATA, out=out, baselines=("pretrained", "icl-random"),
+                run_dir=tmp_path / "run", max_tokens=8, embedder=embedder)
+    base = [json.loads(x) for x in (out / "cells" / "pretrained" / "instructions" / "instructions.jsonl").read_text().splitlines()]
+    icl = [json.loads(x) for x in (out / "cells" / "icl-random" / "instructions" / "instructions.jsonl").read_text().splitlines()]
+    assert [r["instruction"] for r in icl] == [r["instruction"] for r in base] and len(icl) == 2
+    assert [r["pretrained"] for r in icl] == [r["output"] for r in base]
+    assert len(prompts) == 2  # one batch for the pretrained row, one for ICL-random's own answers; none again

@@ -167,3 +167,9 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     assert gated.answer(qs, "gated") == expected
     assert gated.pretrained_answers(qs, "pretrained", expected) == own  # no adapter, but the gate is off
     assert plain.pretrained_answers(qs, "pretrained", own) == own  # nothing differs: its own answers, reused
+    given = dict(zip(qs, ["one", "two", "three", "four"]))  # a compare's pretrained row already answered
+    assert Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate,
+                    pretrained=given).pretrained_answers(qs, "pretrained", expected) == ["one", "two", "three", "four"]
+    partly = dict(list(given.items())[:3])  # one missing: all generated, as one batch like `own`
+    assert Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate,
+                    pretrained=partly).pretrained_answers(qs, "pretrained", expected) == own

@@ -68,12 +68,14 @@ class Answerer:
 
     demos: the ICL baselines' callable, questions -> one list of demonstration Samples per
     question; answers then see them as earlier turns. gate: a gate.Gate deciding refuse or answer
-    (single-turn answers only)."""
+    (single-turn answers only). pretrained: {question: answer} the pretrained model already gave
+    (a compare's pretrained row), used instead of generating them again."""
 
     def __init__(self, backend, renderer, label: str, max_tokens: int = 200, batch_size: int = 16,
-                 ui: UI | None = None, embedder=None, demos=None, gate=None, adapter=None):
+                 ui: UI | None = None, embedder=None, demos=None, gate=None, adapter=None,
+                 pretrained: dict[str, str] | None = None):
         self.backend, self.renderer, self.label, self.adapter = backend, renderer, label, adapter
-        self.demos, self.gate = demos, gate
+        self.demos, self.gate, self.pretrained = demos, gate, pretrained or {}
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.ui = ui or UI()
         self._embedder = embedder
@@ -127,6 +129,9 @@ class Answerer:
         `own` (this model's answers) where that is this model."""
         if self.adapter is None and self.demos is None and self.gate is None:
             return list(own)
+        if all(q in self.pretrained for q in questions):
+            self.ui.log(f"{what}: the {len(questions)} answers already given, reused")
+            return [self.pretrained[q] for q in questions]
         self.backend.load(None)
         demos, gate, self.demos, self.gate = self.demos, self.gate, None, None
         try:

@@ -63,9 +63,11 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
              iteration: int | None = None, suite: str = "all", data: Path | None = None, full: bool = False,
              limit: int | None = None, judge: str | None = None, out: Path | None = None, backend: str = "auto",
              threads: int = 0, max_tokens: int = 200, batch_size: int = 16, ui: UI | None = None,
-             demos=None, label: str | None = None, embedder=None, gate: str | None = None) -> dict:
+             demos=None, label: str | None = None, embedder=None, gate: str | None = None,
+             pretrained: dict[str, str] | None = None) -> dict:
     """Evaluate a model (+ adapter). demos: see the module docstring; label names it in the results;
-    embedder: an already loaded retrieval.Embedder to reuse; gate: --gate (gate.choose_gate)."""
+    embedder: an already loaded retrieval.Embedder to reuse; gate: --gate (gate.choose_gate);
+    pretrained: the pretrained model's answers already given, {instruction: answer} (Answerer)."""
     ui = ui or UI()
     if run is not None:
         if adapter is not None:
@@ -100,7 +102,7 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
         embedder = Embedder()
     refusal_judge, pairwise_judge = _judges(judge, suites, embedder, b.name, threads)
     ev = Answerer(b, renderer, label, max_tokens, batch_size, ui, embedder, demos, the_gate,
-                  Path(adapter) if adapter else None)
+                  Path(adapter) if adapter else None, pretrained)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
                "gate": the_gate is not None,
