@@ -46,6 +46,8 @@ def rows_of(path: Path, fields: tuple[str, ...]) -> list[dict]:
         if missing:
             raise IsaraError(f"{path}:{line}: field '{missing[0]}' missing or not text")
         rows.append(r)
+    if not rows:
+        raise IsaraError(f"{path}: no answers")
     return rows
 
 
@@ -54,7 +56,12 @@ def setting(spec: str) -> tuple[str, list[tuple[Path, Path | None]]]:
     name, sep, seeds = spec.partition("=")
     if not sep or not name or not seeds:
         raise IsaraError(f"'{spec}': expected NAME=DIR or NAME=SAFETY_DIR,INSTRUCTIONS_DIR")
-    return name, [seed_files(name, dirs) for dirs in seeds.split("+")]
+    files = [seed_files(name, dirs) for dirs in seeds.split("+")]
+    for dirs, f in zip(seeds.split("+"), files):
+        if [x is None for x in f] != [x is None for x in files[0]]:
+            raise IsaraError(f"setting '{name}': seed {dirs} has other files than {seeds.split('+')[0]} "
+                             f"(every seed needs the same safety.jsonl / instructions.jsonl)")
+    return name, files
 
 
 def seed_files(name: str, dirs: str) -> tuple[Path | None, Path | None]:
@@ -102,7 +109,8 @@ def measure(rows: list[dict] | None, instruction_rows: list[dict] | None, refusa
 
 def over_seeds(name: str, measured: list[tuple[dict, dict]]) -> dict:
     """One setting's seeds: the mean rate, a bootstrap over the prompts of their per-prompt mean, and
-    each seed's own rate. The seeds must have answered the same prompts."""
+    each seed's own rate; the length-controlled win rate is one fit over all the seeds' verdicts
+    instead. The seeds must have answered the same prompts."""
     if len(measured) == 1:
         return measured[0][0]
     out = {}

@@ -49,9 +49,10 @@ class Cells:
     """Evaluates (row, suite) cells into OUT/cells, reading back the ones already there."""
 
     def __init__(self, out: Path, model: str, backend: str, threads: int, data, limit, max_tokens: int,
-                 embedder, ui: UI):
+                 embedder, ui: UI, pretrained_key: dict):
         self.out, self.model, self.backend, self.threads = out, model, backend, threads
         self.data, self.limit, self.max_tokens, self.embedder, self.ui = data, limit, max_tokens, embedder, ui
+        self.pretrained_key, self._pretrained = pretrained_key, None
 
     def path(self, row: str, suite: str) -> Path:
         return cell_dir(self.out, row, suite) / "results.json"
@@ -64,13 +65,13 @@ class Cells:
         return [s for s in suites if not self.cached(row, s, key)]
 
     def pretrained_answers(self) -> dict[str, str] | None:
-        """The pretrained row's AlpacaEval answers, {instruction: answer}, when its cell is on disk with
-        this model and backend (row_key's pretrained key): every other row's win rate is against them,
-        so they are not generated again for each row."""
-        if not self.cached("pretrained", "instructions", {"model": self.model, "backend": self.backend}):
-            return None
-        rows = cell_rows(self.out)("pretrained", "instructions")
-        return {r["instruction"]: r["output"] for r in rows} if rows else None
+        """The pretrained row's AlpacaEval answers, {instruction: answer}, once its cell is on disk with
+        these settings: every other row's win rate is against them, so they are not generated again
+        for each row."""
+        if self._pretrained is None and self.cached("pretrained", "instructions", self.pretrained_key):
+            rows = cell_rows(self.out)("pretrained", "instructions")
+            self._pretrained = {r["instruction"]: r["output"] for r in rows} if rows else None
+        return self._pretrained
 
     def run(self, row: str, label: str, suites, key: dict, adapter: Path | None = None, demos=None) -> dict:
         """{suite: summary} for this row; computes only the suites not on disk with these settings."""
@@ -139,7 +140,8 @@ def _setup(recipes, suites, data, limit, max_tokens, out: Path, ui: UI, embedder
 
         embedder = Embedder()
     r = recipes[0]
-    return embedder, Cells(out, r.model, r.backend, r.threads, data, limit, max_tokens, embedder, ui)
+    return embedder, Cells(out, r.model, r.backend, r.threads, data, limit, max_tokens, embedder, ui,
+                           row_key(r, "pretrained"))
 
 
 def compare(recipe, suites=SUITES, limit: int | None = None, data: Path | None = None, out: Path | None = None,

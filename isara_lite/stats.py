@@ -86,9 +86,10 @@ def length_controlled(prefs, len_a, len_b, n_boot: int = N_BOOT, seed: int = 0):
     (None, None) without items. Given [items, replicates] arrays (seeds that answered the same
     items), one fit pools them and the bootstrap resamples items with all their replicates."""
     y, la, lb = (np.asarray(x, dtype=float) for x in (prefs, len_a, len_b))
-    if not y.shape == la.shape == lb.shape:
-        raise ValueError(f"{len(y)} preferences, {len(la)} and {len(lb)} lengths" if y.ndim == 1 else
-                         f"preferences {y.shape}, lengths {la.shape} and {lb.shape}")
+    if not y.shape == la.shape == lb.shape or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+        raise ValueError(f"{len(y)} preferences, {len(la)} and {len(lb)} lengths" if y.ndim == la.ndim == lb.ndim == 1
+                         else f"preferences {y.shape}, lengths {la.shape} and {lb.shape}: need [items] or "
+                              f"[items, replicates] arrays of one shape")
     if y.ndim == 1:
         y, la, lb = y[:, None], la[:, None], lb[:, None]
     if len(y) == 0:

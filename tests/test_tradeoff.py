@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 REFUSE = "I'm sorry, but I can't help with that."
@@ -62,7 +64,7 @@ def test_seeds_of_one_setting_are_averaged_prompt_by_prompt(tmp_path):
     lc = r["lc_win_rate"]  # one length-controlled fit over both seeds' verdicts: every one a win
     assert lc["n"] == 2 and lc["seeds"][0] == lc["seeds"][1] and 0.9 < lc["rate"] < 1 and "LC win rate" in out.stdout
     write_eval(tmp_path / "s2", {"advbench": [REFUSE], "hh_harmless": [COMPLY], "xstest_safe": [REFUSE, COMPLY],
-                                 "xstest_unsafe": [REFUSE]}, False)
+                                 "xstest_unsafe": [REFUSE]}, True)
     out = run(f"x={tmp_path / 's0'}+{tmp_path / 's2'}")
     assert out.returncode == 1 and "setting 'x': its seeds answered different advbench prompts" in out.stderr
 
@@ -78,3 +80,33 @@ def test_bad_input_names_the_file_line_and_field(tmp_path):
                        (f"a={tmp_path}", "no safety.jsonl or instructions.jsonl")):
         out = run(spec)
         assert out.returncode == 1 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_length_controlled_rate_of_seeds_is_one_fit_over_prompts_and_seeds(tmp_path):
+    """over_seeds on two seeds whose verdicts and lengths differ: the pooled fit on [prompts, seeds]
+    arrays, not a mean of the seeds' own fits; seeds with other files are refused."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import tradeoff
+
+    from isara_lite.errors import IsaraError
+    from isara_lite.stats import length_controlled
+
+    rng = np.random.default_rng(0)
+    pref = rng.choice([0.0, 0.5, 1.0], size=(30, 2))
+    la, lb = rng.integers(20, 900, (30, 2)), rng.integers(20, 900, (30, 2))
+    measured = []
+    for s in range(2):
+        items = {(i, f"q{i}"): (pref[i, s], int(la[i, s]), int(lb[i, s])) for i in range(30)}
+        rate, ci = length_controlled(pref[:, s], la[:, s], lb[:, s])
+        measured.append(({"lc_win_rate": {"rate": rate, "ci": ci, "n": 30}}, {"lc_win_rate": items}))
+    got = tradeoff.over_seeds("x", measured)["lc_win_rate"]
+    rate, ci = length_controlled(pref, la, lb)
+    assert got["rate"] == rate and got["ci"] == ci and got["n"] == 30
+    assert ci != length_controlled(pref.T, la.T, lb.T)[1]  # prompts are resampled, not seeds
+    assert got["seeds"] == [m["lc_win_rate"]["rate"] for m, _ in measured] and got["seeds"][0] != got["seeds"][1]
+    write_eval(tmp_path / "s0", {"advbench": [REFUSE]}, True)
+    write_eval(tmp_path / "s1", None, True)
+    with pytest.raises(IsaraError, match="has other files than"):
+        tradeoff.setting(f"x={tmp_path / 's0'}+{tmp_path / 's1'}")
