@@ -132,26 +132,22 @@ def main():
     held = {"Auto-J": pairwise_judge.load_autoj(args.autoj)} if args.autoj else {}
     if args.llmbar:
         held |= pairwise_judge.load_llmbar(args.llmbar)
-    judge = pairwise_judge.FeatureJudge(embedder)
-    for d in held.values():  # each pair judged once; the pools below reuse the verdicts
-        d["said"] = judge.prefer(d["instructions"], d["a"], d["b"])
-
-    def scored(names):
-        both = pairwise_judge.pooled([held[k] for k in names])
-        return pairwise_judge.against_length(both, both["said"])
-
-    if args.autoj:
-        report["pairwise_autoj"] = scored(["Auto-J"])
+    groups = {"Auto-J": ["Auto-J"]} if args.autoj else {}
     if args.llmbar:
         sets = [k for k in held if k != "Auto-J"]
         natural = [k for k in sets if k.endswith(pairwise_judge.LLMBAR_NATURAL)]
         if not natural:
             raise SystemExit(f"{args.llmbar}: none of LLMBar's natural sets {pairwise_judge.LLMBAR_NATURAL} under it")
-        groups = {**{k: [k] for k in sets}, "pooled: natural": natural,
-                  "pooled: built against surface cues": [k for k in sets if k not in natural]}
+        groups |= {**{k: [k] for k in sets}, "pooled: natural": natural,
+                   "pooled: built against surface cues": [k for k in sets if k not in natural]}
         if args.autoj:
             groups["pooled: natural and Auto-J"] = ["Auto-J", *natural]
-        report["pairwise_llmbar"] = {name: scored(names) for name, names in groups.items() if names}
+    scores = pairwise_judge.held_out(held, {k: v for k, v in groups.items() if v}, embedder) if held else {}
+    if args.autoj:
+        report["pairwise_autoj"] = scores.pop("Auto-J")
+    if args.llmbar:
+        report["pairwise_llmbar"] = scores
+
     print(json.dumps(report, indent=2))
 
     t = Table(title="judge accuracy", caption="baselines: prefix-list, majority (refusal); longer answer (pairwise)")

@@ -102,7 +102,7 @@ def test_autoj_pairs_are_scored_by_the_shipped_judge_against_length(tmp_path, em
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = P.load_autoj(f)
     assert d["a_better"].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]  # the tie is left out
-    r = P.held_out(d, embedder)
+    r = P.held_out({"Auto-J": d}, {"Auto-J": ["Auto-J"]}, embedder)["Auto-J"]
     assert r["n"] == 6 and r["features"]["agreement"] == 1.0 and r["longer answer (baseline)"]["agreement"] == 0.0
     assert r["difference"]["points"] == 100.0
     bad = tmp_path / "bad.jsonl"
@@ -130,7 +130,9 @@ def test_llmbar_sets_are_read_by_folder_and_bad_labels_named(tmp_path, embedder)
     assert sets["LLMBar/Natural"]["a_better"].tolist() == [1.0, 0.0, 1.0]
     both = P.pooled(list(sets.values()))
     assert len(both["a"]) == 6 and both["a_better"].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    r = P.held_out(both, embedder)
+    r = P.held_out(sets, {"one": ["Processed/MT-Bench"], "pooled": list(sets)}, embedder)
+    assert r["one"]["n"] == 3 and r["one"]["features"]["agreement"] == 1.0
+    r = r["pooled"]
     assert r["n"] == 6 and r["features"]["agreement"] == 1.0 and r["longer answer (baseline)"]["agreement"] == 0.0
     (tmp_path / "Processed/MT-Bench/dataset.json").write_text(json.dumps([{"input": "x", "output_1": "a",
                                                                            "output_2": "b", "label": 0}]))

@@ -245,10 +245,15 @@ def against_length(data: dict, ours) -> dict:
                            "ci": [100 * x for x in bootstrap_diff(ag, lg, paired=True)]}}
 
 
-def held_out(data: dict, embedder) -> dict:
+def held_out(sets: dict[str, dict], groups: dict[str, list[str]], embedder) -> dict[str, dict]:
     """The shipped judge (nothing fitted here) against the longer answer on labelled pairs it never
-    saw (load_autoj, load_llmbar)."""
-    return against_length(data, FeatureJudge(embedder).prefer(data["instructions"], data["a"], data["b"]))
+    saw (load_autoj, load_llmbar): for each group, the named SETS pooled. Each set is judged once,
+    however many groups hold it."""
+    judge = FeatureJudge(embedder)
+    said = {k: judge.prefer(sets[k]["instructions"], sets[k]["a"], sets[k]["b"])
+            for k in dict.fromkeys(k for names in groups.values() for k in names)}
+    return {name: against_length(pooled([sets[k] for k in names]), [v for k in names for v in said[k]])
+            for name, names in groups.items()}
 
 
 def write_weights(data: dict, embedder) -> Path:
