@@ -1,5 +1,7 @@
 """`isara eval`: MC metrics on a hand-made set, subsets, similarity scores, and the CLI end to end."""
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -173,3 +175,57 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     partly = dict(list(given.items())[:3])  # one missing: all generated, as one batch like `own`
     assert Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate,
                     pretrained=partly).pretrained_answers(qs, "pretrained", expected) == own
+
+
+class StopDuring(UI):
+    """Interrupts the evaluation (as Ctrl-C would) at the first progress update of stage WHAT."""
+
+    def __init__(self, what: str):
+        super().__init__(Console(file=io.StringIO()))
+        self.what = what
+
+    @contextlib.contextmanager
+    def stage(self, description: str, total: int, done: int = 0):
+        with super().stage(description, total, done) as update:
+            def stop(*a, **k):
+                update(*a, **k)
+                if description == self.what:
+                    raise KeyboardInterrupt
+            yield stop
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
+def test_an_interrupted_eval_answers_only_what_is_left(tmp_path):
+    """Killed inside the safety suite, `isara eval` run again into the same folder reuses the answers
+    already given (AnswerLog) and ends with what an uninterrupted run writes; other settings reuse
+    nothing, and the log goes once the results are written."""
+    from isara_lite.evaluation.run import ANSWERS, evaluate
+
+    card = tiny_model.build()
+    kw = dict(model=str(card), suite="safety", data=DATA, limit=3, judge="regex", backend="llamacpp",
+              threads=2, max_tokens=16)
+    whole = tmp_path / "whole"
+    evaluate(out=whole, ui=UI(Console(file=io.StringIO())), **kw)
+    assert not (whole / ANSWERS).exists()
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(out=out, ui=StopDuring("safety: hh_harmless"), **kw)
+    given = [json.loads(x) for x in (out / ANSWERS).read_text().splitlines()]
+    assert [g["what"] for g in given] == ["safety: advbench"] * 3 + ["safety: hh_harmless"] * 3
+    assert not (out / "results.json").exists()
+
+    other = tmp_path / "other"  # the same answers on disk, but asked for under other settings
+    other.mkdir()
+    (other / ANSWERS).write_bytes((out / ANSWERS).read_bytes())
+    log = io.StringIO()
+    evaluate(out=other, ui=UI(Console(file=log, width=300)), **{**kw, "max_tokens": 12})
+    assert "reused" not in log.getvalue()
+
+    log = io.StringIO()
+    evaluate(out=out, ui=UI(Console(file=log, width=300)), **kw)
+    assert "safety: advbench: 3 answers given before this run was interrupted, reused" in log.getvalue()
+    assert "safety: hh_harmless: 3 answers given" in log.getvalue()
+    assert not [x for x in log.getvalue().splitlines() if "reused" in x and "xstest" in x]  # answered now
+    assert (out / "safety.jsonl").read_text() == (whole / "safety.jsonl").read_text()
+    assert not (out / ANSWERS).exists()

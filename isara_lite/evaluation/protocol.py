@@ -4,12 +4,16 @@ is shown in (tables.py renders every table from these)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ..backends.base import Sampling
+from ..files import append_jsonl, read_jsonl_tolerant
 from ..gate import apply_gate
 from ..prompts import cut
 from ..ui import UI
@@ -63,18 +67,44 @@ def subset(items: list, n: int | None, key=lambda r: "", seed: int = 0) -> list:
     return [m for *_, m in ranked[:n]]
 
 
+class AnswerLog:
+    """Answers as they are given, appended to PATH batch by batch, so that an interrupted evaluation
+    answers only what is left when it runs again into the same folder with the same SETTINGS (a
+    dict naming the model, adapter, gate, ...: answers given under other settings are not reused).
+    An ICL answer is reused only where the question was shown the same demonstrations."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = Path(path)
+        self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.given = {(r["what"], r["question"]): r for r in read_jsonl_tolerant(self.path)
+                      if r.get("settings") == self.key}
+
+    def get(self, what: str, question: str, demos) -> str | None:
+        r = self.given.get((what, question))
+        return r["answer"] if r is not None and r.get("demos") == demos else None
+
+    def add(self, what: str, questions: list[str], answers: list[str], demos: list) -> None:
+        append_jsonl(self.path, [{"settings": self.key, "what": what, "question": q, "answer": a, "demos": d}
+                                 for q, a, d in zip(questions, answers, demos)])
+
+    def close(self) -> None:
+        """Every suite is written: nothing left to resume."""
+        self.path.unlink(missing_ok=True)
+
+
 class Answerer:
     """Greedy answers of one model (+ adapter) for every suite.
 
     demos: the ICL baselines' callable, questions -> one list of demonstration Samples per
     question; answers then see them as earlier turns. gate: a gate.Gate deciding refuse or answer
     (single-turn answers only). pretrained: {question: answer} the pretrained model already gave
-    (a compare's pretrained row), used instead of generating them again."""
+    (a compare's pretrained row), used instead of generating them again. log: an AnswerLog, to keep
+    answers as they are given and reuse those an interrupted run gave."""
 
     def __init__(self, backend, renderer, label: str, max_tokens: int = 200, batch_size: int = 16,
                  ui: UI | None = None, embedder=None, demos=None, gate=None, adapter=None,
-                 pretrained: dict[str, str] | None = None):
-        self.backend, self.renderer, self.label, self.adapter = backend, renderer, label, adapter
+                 pretrained: dict[str, str] | None = None, log: AnswerLog | None = None):
+        self.backend, self.renderer, self.label, self.adapter, self.log = backend, renderer, label, adapter, log
         self.demos, self.gate, self.pretrained = demos, gate, pretrained or {}
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.ui = ui or UI()
@@ -109,20 +139,31 @@ class Answerer:
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
-        out = []
-        with self.ui.stage(what, len(questions)) as update:
+        if self.demos is not None:
+            self.shown(questions)  # retrieved in one batch
+        demos = {q: self.demo_ids(q).get("demos") for q in questions}
+        known = {}
+        if self.log is not None:
+            known = {q: a for q in demos if (a := self.log.get(what, q, demos[q])) is not None}
+            if known:
+                self.ui.log(f"{what}: {len(known)} answers given before this run was interrupted, reused "
+                            f"({self.log.path})")
+        todo = [q for q in questions if q not in known]
+        with self.ui.stage(what, len(questions), len(questions) - len(todo)) as update:
             t0, toks = time.time(), 0
-            for i in range(0, len(questions), self.batch_size):
-                chunk = questions[i:i + self.batch_size]
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i:i + self.batch_size]
                 gens = self.backend.generate(self.prompts(chunk), sampling)
                 texts = [cut(g.text) for g in gens]
                 if self.gate is not None and self.demos is None:
                     gated = apply_gate(self.backend, self.renderer, self.gate, self.embedder, chunk, texts, sampling)
                     texts = [r["response"] for r in gated]
-                out += texts
+                if self.log is not None:
+                    self.log.add(what, chunk, texts, [demos[q] for q in chunk])
+                known.update(zip(chunk, texts))
                 toks += sum(g.completion_tokens for g in gens)
                 update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})
-        return out
+        return [known[q] for q in questions]
 
     def pretrained_answers(self, questions: list[str], what: str, own: list[str]) -> list[str]:
         """The same questions answered by the pretrained model alone (no adapter, demos or gate);

@@ -10,11 +10,17 @@ one list of demonstration Samples per question. Generated answers then see the d
 turns (Renderer.answer_prompt, as the loop's answer generation does); TruthfulQA MC sees them as
 extra "Q: ... / A: ..." pairs after lm-eval's primer, nearest last; the AlpacaEval reference
 outputs stay the pretrained model's plain answers. Without `demos` nothing changes.
+
+Answers are kept in OUT/answers.partial.jsonl as they are given (protocol.AnswerLog): an interrupted
+evaluation run again into the same folder answers only what is left; the file goes when every suite
+is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ..adapters import require_peft
@@ -28,10 +34,11 @@ from ..rundir import run_adapter
 from ..ui import UI
 from . import datasets as ds, instructions, safety, truthfulness
 from .judges import DEFAULTS, PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
-from .protocol import Answerer
+from .protocol import AnswerLog, Answerer
 from .tables import legend, metric_table, stored_rows, table_data
 
 SUITES = ("safety", "truthfulness", "instructions")
+ANSWERS = "answers.partial.jsonl"
 MODULES = {"safety": safety, "truthfulness": truthfulness, "instructions": instructions}
 NEEDS = {name: m.NEEDS for name, m in MODULES.items()}
 # Default subset sizes: each suite in about 15 minutes on a 2-core CPU with the 135M model.
@@ -101,8 +108,9 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     if embedder is None and ((judge or "refusal") in ("refusal", "classifier", "reference-embed", "features") or the_gate):
         embedder = Embedder()
     refusal_judge, pairwise_judge = _judges(judge, suites, embedder, b.name, threads)
+    log = AnswerLog(out / ANSWERS, answer_settings(card.name, b.name, adapter, the_gate, max_tokens, label, demos))
     ev = Answerer(b, renderer, label, max_tokens, batch_size, ui, embedder, demos, the_gate,
-                  Path(adapter) if adapter else None, pretrained)
+                  Path(adapter) if adapter else None, pretrained, log)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
                "gate": the_gate is not None,
@@ -124,9 +132,19 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
         results["seconds"][s] = round(time.time() - t0, 1)
         atomic_write_json(out / "results.json", results)  # after every suite: finished work is kept
         ui.log(f"{s}: done in {results['seconds'][s]:.0f}s")
+    log.close()
     results_table(results, out, ui)
     ui.log(f"results: {out / 'results.json'}")
     return results
+
+
+def answer_settings(model: str, backend: str, adapter, gate, max_tokens: int, label: str, demos) -> dict:
+    """What an evaluation's answers depend on (AnswerLog): the adapter and the gate by content."""
+    files = sorted(f for f in Path(adapter).iterdir() if f.is_file()) if adapter else []
+    return {"model": model, "backend": backend, "max_tokens": max_tokens, "label": label,
+            "adapter": hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest() if adapter else None,
+            "gate": asdict(gate) if gate else None,
+            "demos": getattr(demos, "name", "custom") if demos is not None else None}
 
 
 def results_table(results: dict, out: Path, ui: UI) -> None:
