@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -135,3 +136,11 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def sha256_files(paths) -> str:
+    """One hash of several files, each by name and content, in the order given."""
+    h = hashlib.sha256()
+    for path in map(Path, paths):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -177,55 +177,77 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
                     pretrained=partly).pretrained_answers(qs, "pretrained", expected) == own
 
 
-class StopDuring(UI):
-    """Interrupts the evaluation (as Ctrl-C would) at the first progress update of stage WHAT."""
+class Recording(UI):
+    """Records each stage's (total, done at start, answers generated); with STOP, interrupts the
+    evaluation (as Ctrl-C would) after the first batch of that stage."""
 
-    def __init__(self, what: str):
-        super().__init__(Console(file=io.StringIO()))
-        self.what = what
+    def __init__(self, stop: str | None = None):
+        super().__init__(Console(file=io.StringIO(), width=300))
+        self.stop, self.stages = stop, {}
 
     @contextlib.contextmanager
     def stage(self, description: str, total: int, done: int = 0):
+        self.stages[description] = [total, done, 0]
         with super().stage(description, total, done) as update:
-            def stop(*a, **k):
-                update(*a, **k)
-                if description == self.what:
+            def recorded(advance: int = 0, **stats):
+                update(advance, **stats)
+                self.stages[description][2] += advance
+                if description == self.stop:
                     raise KeyboardInterrupt
-            yield stop
+            yield recorded
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
 def test_an_interrupted_eval_answers_only_what_is_left(tmp_path):
-    """Killed inside the safety suite, `isara eval` run again into the same folder reuses the answers
-    already given (AnswerLog) and ends with what an uninterrupted run writes; other settings reuse
-    nothing, and the log goes once the results are written."""
+    """Killed inside the safety suite, `isara eval` run again into the same folder generates only
+    the answers not yet given (AnswerLog) and ends with what an uninterrupted run writes (the
+    batches fall the same here); other settings reuse nothing, and the log goes with the results."""
     from isara_lite.evaluation.run import ANSWERS, evaluate
 
-    card = tiny_model.build()
-    kw = dict(model=str(card), suite="safety", data=DATA, limit=3, judge="regex", backend="llamacpp",
-              threads=2, max_tokens=16)
+    kw = dict(model=str(tiny_model.build()), suite="safety", data=DATA, limit=5, judge="regex",
+              backend="llamacpp", threads=2, max_tokens=16, batch_size=2)
     whole = tmp_path / "whole"
-    evaluate(out=whole, ui=UI(Console(file=io.StringIO())), **kw)
+    ui = Recording()
+    evaluate(out=whole, ui=ui, **kw)
     assert not (whole / ANSWERS).exists()
+    sets = ["advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"]
+    assert [ui.stages[f"safety: {s}"] for s in sets] == [[5, 0, 5]] * 4
 
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(out=out, ui=StopDuring("safety: hh_harmless"), **kw)
+        evaluate(out=out, ui=Recording(stop="safety: hh_harmless"), **kw)
     given = [json.loads(x) for x in (out / ANSWERS).read_text().splitlines()]
-    assert [g["what"] for g in given] == ["safety: advbench"] * 3 + ["safety: hh_harmless"] * 3
+    assert [g["what"] for g in given] == ["safety: advbench"] * 5 + ["safety: hh_harmless"] * 2
     assert not (out / "results.json").exists()
 
-    other = tmp_path / "other"  # the same answers on disk, but asked for under other settings
+    other = tmp_path / "other"  # the same answers on disk, asked for under other settings
     other.mkdir()
     (other / ANSWERS).write_bytes((out / ANSWERS).read_bytes())
-    log = io.StringIO()
-    evaluate(out=other, ui=UI(Console(file=log, width=300)), **{**kw, "max_tokens": 12})
-    assert "reused" not in log.getvalue()
+    ui = Recording()
+    evaluate(out=other, ui=ui, **{**kw, "max_tokens": 12})
+    assert [ui.stages[f"safety: {s}"] for s in sets] == [[5, 0, 5]] * 4
 
-    log = io.StringIO()
-    evaluate(out=out, ui=UI(Console(file=log, width=300)), **kw)
-    assert "safety: advbench: 3 answers given before this run was interrupted, reused" in log.getvalue()
-    assert "safety: hh_harmless: 3 answers given" in log.getvalue()
-    assert not [x for x in log.getvalue().splitlines() if "reused" in x and "xstest" in x]  # answered now
+    ui = Recording()
+    evaluate(out=out, ui=ui, **kw)
+    assert [ui.stages[f"safety: {s}"] for s in sets] == [[5, 5, 0], [5, 2, 3], [5, 0, 5], [5, 0, 5]]
+    assert "safety: advbench: 5 answers given before this run was interrupted, reused" in ui.console.file.getvalue()
     assert (out / "safety.jsonl").read_text() == (whole / "safety.jsonl").read_text()
     assert not (out / ANSWERS).exists()
+
+
+def test_answer_log_reuses_only_the_same_settings_and_demonstrations(tmp_path):
+    from isara_lite.evaluation.protocol import AnswerLog
+
+    path = tmp_path / "answers.partial.jsonl"
+    log = AnswerLog(path, {"model": "m", "adapter": "abc"})
+    log.add("safety: advbench", ["q1", "q2"], ["a1", "a2"], [None, "demos-x"])
+    with open(path, "a") as f:
+        f.write('{"settings": "')  # torn by a kill mid-write
+    again = AnswerLog(path, {"adapter": "abc", "model": "m"})  # key order does not matter
+    assert again.get("safety: advbench", "q1", None) == "a1"
+    assert again.get("safety: advbench", "q2", "demos-x") == "a2"
+    assert again.get("safety: advbench", "q2", "demos-y") is None  # other demonstrations
+    assert again.get("safety: hh_harmless", "q1", None) is None  # another set's question
+    assert AnswerLog(path, {"model": "m", "adapter": "abd"}).get("safety: advbench", "q1", None) is None
+    again.close()
+    assert not path.exists()

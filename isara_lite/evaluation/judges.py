@@ -232,12 +232,9 @@ def ngram_vectorizer(vocabulary=None, idf=None):
 
 
 def _data_hash() -> str:
-    import hashlib
+    from ..files import sha256_files
 
-    h = hashlib.sha256()
-    for path in FITTED_ON:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+    return sha256_files(FITTED_ON)
 
 
 def shipped_weights(name: str):

@@ -71,7 +71,7 @@ class AnswerLog:
     """Answers as they are given, appended to PATH batch by batch, so that an interrupted evaluation
     answers only what is left when it runs again into the same folder with the same SETTINGS (a
     dict naming the model, adapter, gate, ...: answers given under other settings are not reused).
-    An ICL answer is reused only where the question was shown the same demonstrations."""
+    An ICL answer is reused only where the question was shown the same demonstrations, by content."""
 
     def __init__(self, path: Path, settings: dict):
         self.path = Path(path)
@@ -132,6 +132,13 @@ class Answerer:
             return [self.renderer.chat_prompt(q) for q in questions]
         return [self.renderer.answer_prompt(d, q) for d, q in zip(self.shown(questions), questions)]
 
+    def _demos_key(self, question: str) -> str | None:
+        """What a question's demonstrations say (ICL baselines), for AnswerLog."""
+        if self.demos is None:
+            return None
+        shown = [[d.prompt, d.response] for d in self.shown([question])[0]]
+        return hashlib.sha256(json.dumps(shown).encode()).hexdigest()[:16]
+
     def demo_ids(self, question: str) -> dict:
         """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
         return {} if self.demos is None else {"demos": [d.id for d in self.shown([question])[0]]}
@@ -139,17 +146,18 @@ class Answerer:
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
-        if self.demos is not None:
-            self.shown(questions)  # retrieved in one batch
-        demos = {q: self.demo_ids(q).get("demos") for q in questions}
+        if self.demos is not None:  # retrieved batch by batch as before (embeddings move a little with the batch)
+            for i in range(0, len(questions), self.batch_size):
+                self.shown(questions[i:i + self.batch_size])
+        demos = {q: self._demos_key(q) for q in questions}
         known = {}
         if self.log is not None:
             known = {q: a for q in demos if (a := self.log.get(what, q, demos[q])) is not None}
             if known:
                 self.ui.log(f"{what}: {len(known)} answers given before this run was interrupted, reused "
                             f"({self.log.path})")
-        todo = [q for q in questions if q not in known]
-        with self.ui.stage(what, len(questions), len(questions) - len(todo)) as update:
+        todo = [q for q in demos if q not in known]  # each question once: greedy answers it the same
+        with self.ui.stage(what, len(demos), len(known)) as update:
             t0, toks = time.time(), 0
             for i in range(0, len(todo), self.batch_size):
                 chunk = todo[i:i + self.batch_size]

@@ -18,7 +18,6 @@ is written.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from ..adapters import require_peft
 from ..backends.base import create_backend
 from ..errors import IsaraError
-from ..files import atomic_write_json, write_jsonl
+from ..files import atomic_write_json, sha256_files, write_jsonl
 from ..gate import choose_gate
 from ..models import load_card
 from ..prompts import Renderer, get_format
@@ -142,7 +141,7 @@ def answer_settings(model: str, backend: str, adapter, gate, max_tokens: int, la
     """What an evaluation's answers depend on (AnswerLog): the adapter and the gate by content."""
     files = sorted(f for f in Path(adapter).iterdir() if f.is_file()) if adapter else []
     return {"model": model, "backend": backend, "max_tokens": max_tokens, "label": label,
-            "adapter": hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest() if adapter else None,
+            "adapter": sha256_files(files) if adapter else None,
             "gate": asdict(gate) if gate else None,
             "demos": getattr(demos, "name", "custom") if demos is not None else None}
 
