@@ -1,15 +1,15 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
 refusal judges: stratified 5-fold on everything the shipped judge is fitted on (judges.FITTED_ON:
-1,836 labelled responses in six files, written for this project or models' own answers labelled for
+2,468 labelled responses in nine files, written for this project or models' own answers labelled for
 it; the default judge's out-of-fold figures are also reported per file): accuracy per fold; precision,
 recall and F1 of "refused" on the pooled held-out verdicts, with a bootstrap interval for F1; the
 mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the baselines: a fixed
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
-shipped, measured on the sets held out from it (refusal_heldout4.jsonl, written blind; and
-refusal_model_answers2.jsonl, both models' fresh answers, the refusal rate per model), beside the
-default judge without its echo rule, refusal-text (the default before the states probe) and the text
-judge fitted on refusal.jsonl alone (the default before 4a70ff7).
+shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
+refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model), beside the
+default judge fitted on the 1,836 it shipped with before (judges.FITTED_BEFORE), the default without
+its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
 prefers text-davinci-003's answer to the instruction over its answer to another instruction,
@@ -41,23 +41,25 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (HELDOUT4, MODEL_ANSWERS2, ClassifierJudge, ReferenceJudge, CachedEmbedder,
-                                          cross_validate, get_judge, held_out, load_labelled, write_weights)
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, CachedEmbedder, CachedStates,
+                                          ClassifierJudge, ReferenceJudge, cross_validate, get_judge, held_out,
+                                          load_fitted_on, load_labelled, write_weights)
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPARED = ("refusal", "refusal-text", "without the echo rule", "shipped before (820)", "classifier", "regex",
+COMPARED = ("refusal", "refusal-text", "refusal fitted before (1,836)", "without the echo rule", "classifier", "regex",
             "prefix-list")
 
 
-def compared(embedder) -> dict:
-    """The judges measured beside the shipped ones: the default without its echo rule, and the text
-    judge as shipped before the data of 4a70ff7 (fitted on refusal.jsonl alone, reading the response alone)."""
+def compared(embedder, reader) -> dict:
+    """The judges measured beside the shipped ones: the default fitted on the data it shipped with
+    before set 4, the first model answers' successor and the 240 of refusal_more2.jsonl joined
+    (FITTED_BEFORE), and the default without its echo rule."""
     plain = ClassifierJudge(embedder, True, echo=False, states=True)
-    texts, labels = load_labelled()
-    before = ClassifierJudge(embedder, True, texts, labels, echo=False)
-    return {"without the echo rule": plain, "shipped before (820)": before}
+    texts, labels, prompts, _ = load_fitted_on(FITTED_BEFORE)
+    before = ClassifierJudge(embedder, True, texts, labels, states=True, prompts=prompts, reader=reader)
+    return {"refusal fitted before (1,836)": before, "without the echo rule": plain}
 
 
 def print_pairwise(p: dict, title: str) -> None:
@@ -89,19 +91,23 @@ def main():
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
 
+    from isara_lite.evaluation.reply_states import ReplyStates
+
     embedder = CachedEmbedder(Embedder())
+    # the model reads each (request, reply) once for every fit here
+    reader = CachedStates(ReplyStates.of()) if args.refit or not args.pairwise_only else None
     pandalm = pairwise_judge.load_pandalm(args.pandalm) if args.pandalm else None
     if args.refit:
-        print(f"wrote {write_weights(embedder)}")
+        print(f"wrote {write_weights(embedder, reader)}")
         if pandalm:
             print(f"wrote {pairwise_judge.write_weights(pandalm, embedder)}")
     report = {}
     if not args.pairwise_only:
         t0 = time.time()
-        report["refusal_kfold"] = cross_validate(embedder, folds=args.folds)
+        report["refusal_kfold"] = cross_validate(embedder, folds=args.folds, reader=reader)
         report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
-        more = compared(embedder)
-        for key, path in (("refusal_heldout4", HELDOUT4), ("refusal_model_answers2", MODEL_ANSWERS2)):
+        more = compared(embedder, reader)
+        for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3)):
             if path.is_file():
                 report[key] = held_out(embedder, more, path)
     if args.llm:
@@ -194,9 +200,9 @@ def main():
         t.add_row(f, str(v["n"]), *[f"{v[k]:.3f}" for k in ("accuracy", "precision", "recall")],
                   show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
     Console(width=160).print(t)
-    if "refusal_heldout4" in report:
-        h = report["refusal_heldout4"]
-        t = Table(title=f"refusal judges on {HELDOUT4.name}: {h['n']} held-out responses ({h['refusals']} refusals; "
+    if "refusal_heldout5" in report:
+        h = report["refusal_heldout5"]
+        t = Table(title=f"refusal judges on {HELDOUT5.name}: {h['n']} held-out responses ({h['refusals']} refusals; "
                         f"{h['unsafe']} to unsafe requests)",
                   caption="never fitted on; rate error: |judged - true| refusal rate, responses to unsafe / safe requests")
         for col in ("judge", "accuracy", "refusals caught", "answers kept", "precision", "recall", "F1",
@@ -208,9 +214,9 @@ def main():
                                                         "recall")], show(v["f1"], "3f", v["f1_ci"]),
                       f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
         Console(width=160).print(t)
-    if "refusal_model_answers2" in report:
-        h = report["refusal_model_answers2"]
-        t = Table(title=f"refusal judges on {MODEL_ANSWERS2.name}: {h['n']} models' own answers ({h['refusals']} "
+    if "refusal_model_answers3" in report:
+        h = report["refusal_model_answers3"]
+        t = Table(title=f"refusal judges on {MODEL_ANSWERS3.name}: {h['n']} models' own answers ({h['refusals']} "
                         f"refusals)", caption="never fitted on; per model: true -> judged refusal rate, F1")
         models = list(h["refusal"]["by_model"])
         for col in ("judge", "F1 (all)", *models):
