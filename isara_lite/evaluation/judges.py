@@ -63,7 +63,7 @@ MODEL_ANSWERS2 = DATA.with_name("refusal_model_answers2.jsonl")
 MORE2 = DATA.with_name("refusal_more2.jsonl")
 FITTED_ON = (DATA, MORE, HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS, HELDOUT4, MODEL_ANSWERS2, MORE2)
 # The judges as fitted before HELDOUT4, MODEL_ANSWERS2 and MORE2 joined (benchmarks/judges.py measures it beside).
-FITTED_BEFORE = FITTED_ON[:6]
+FITTED_BEFORE = (DATA, MORE, HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS)
 # Held out now, never fitted on or used to choose anything: a set written blind by an eighth author
 # (it saw neither the judge nor any other set), and fresh answers of both models, labelled blind.
 HELDOUT5 = DATA.with_name("refusal_heldout5.jsonl")
@@ -380,11 +380,11 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
     return out | {"n": len(texts), "refusals": int(labels.sum()), "k": folds}
 
 
-def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5) -> dict:
+def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5, reader=None) -> dict:
     """The refusal judges as shipped (fitted on FITTED_ON), measured on PATH (HELDOUT5, MODEL_ANSWERS3):
     accuracy on each class, precision / recall / F1 of "refused", and the error on the refusal rate
     of the responses to unsafe requests and to safe ones, or of each model's answers where the lines
-    name a model (what the suites report). before: {name: judge} to add."""
+    name a model (what the suites report). before: {name: judge} to add; reader: a CachedStates to share."""
     rows = [r for _, r in read_records(path)]
     texts, truth = [r["response"] for r in rows], np.array([r["refused"] for r in rows])
     models = sorted({r["model"] for r in rows if "model" in r})
@@ -392,7 +392,7 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5) -
     unsafe = np.array([r.get("prompt_type") == "unsafe" for r in rows])
     of_model = {m: np.array([r.get("model") == m for r in rows]) for m in models}
     embedder = CachedEmbedder(embedder or _embedder())
-    judges = {"refusal": ClassifierJudge(embedder, True, states=True), "refusal-text": ClassifierJudge(embedder, True),
+    judges = {"refusal": ClassifierJudge(embedder, True, states=True, reader=reader), "refusal-text": ClassifierJudge(embedder, True),
               "classifier": ClassifierJudge(embedder, False), "regex": RegexJudge(), **(before or {})}
     said = {n: np.array(j.refused([r["prompt"] for r in rows], texts)) for n, j in judges.items()}
     said["prefix-list"] = np.array([prefix_refused(t) for t in texts])
