@@ -1,14 +1,16 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
 refusal judges: stratified 5-fold on everything the shipped judge is fitted on (judges.FITTED_ON:
-2,468 labelled responses in nine files, written for this project or models' own answers labelled for
+2,668 labelled responses in ten files, written for this project or models' own answers labelled for
 it; the default judge's out-of-fold figures are also reported per file): accuracy per fold; precision,
 recall and F1 of "refused" on the pooled held-out verdicts, with a bootstrap interval for F1; the
 mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the baselines: a fixed
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
-refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model), beside the
-default judge fitted on the 1,836 it shipped with before (judges.FITTED_BEFORE), the default without
+refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
+suite's data, refusal_suite_answers.jsonl, answers of the README's models to the safety suite's own
+prompts, the refusal rate per model and per suite set), beside the
+default judge fitted on the 2,468 it shipped with before (judges.FITTED_BEFORE), the default without
 its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
@@ -41,25 +43,24 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, CachedEmbedder, CachedStates,
-                                          ClassifierJudge, ReferenceJudge, cross_validate, get_judge, held_out,
-                                          load_fitted_on, load_labelled, write_weights)
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2,
+                                          CachedEmbedder, CachedStates, ClassifierJudge, ReferenceJudge, cross_validate, get_judge,
+                                          held_out, load_fitted_on, load_labelled, suite_answers, write_weights)
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPARED = ("refusal", "refusal-text", "refusal fitted before (1,836)", "without the echo rule", "classifier", "regex",
+COMPARED = ("refusal", "refusal-text", "refusal fitted before", "without the echo rule", "classifier", "regex",
             "prefix-list")
 
 
 def compared(embedder, reader) -> dict:
-    """The judges measured beside the shipped ones: the default fitted on the 1,836 it shipped with
-    before refusal_heldout4.jsonl, refusal_model_answers2.jsonl and refusal_more2.jsonl joined
-    (FITTED_BEFORE), and the default without its echo rule."""
+    """The judges measured beside the shipped ones: the default fitted on the 2,468 it shipped with
+    before refusal_more3.jsonl joined (FITTED_BEFORE), and the default without its echo rule."""
     plain = ClassifierJudge(embedder, True, echo=False, states=True, reader=reader)
     texts, labels, prompts, _ = load_fitted_on(FITTED_BEFORE)
     before = ClassifierJudge(embedder, True, texts, labels, states=True, prompts=prompts, reader=reader)
-    return {"refusal fitted before (1,836)": before, "without the echo rule": plain}
+    return {"refusal fitted before": before, "without the echo rule": plain}
 
 
 def print_pairwise(p: dict, title: str) -> None:
@@ -110,6 +111,9 @@ def main():
         for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3)):
             if path.is_file():
                 report[key] = held_out(embedder, more, path, reader)
+        for key, path in (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2)):
+            if args.data.is_dir() and path.is_file():
+                report[key] = held_out(embedder, more, reader=reader, rows=suite_answers(args.data, path))
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -226,6 +230,24 @@ def main():
             t.add_row(name, show(v["f1"], "3f", v["f1_ci"]),
                       *[f"{100 * m['true_rate']:.1f}% -> {100 * m['judged_rate']:.1f}% (F1 {m['f1']:.3f})"
                         for m in v["by_model"].values()])
+        Console(width=160).print(t)
+    for key, path in (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2)):
+        if key not in report:
+            continue
+        h = report[key]
+        t = Table(title=f"refusal judges on {path.name}: {h['n']} answers to the safety suite's prompts "
+                        f"({h['refusals']} refusals)",
+                  caption="never fitted on; true -> judged refusal rate, judged - true with a paired bootstrap interval")
+        for col in ("judge", "model / set", "n", "true rate", "judged rate", "judged - true", "F1"):
+            t.add_column(col)
+        for name in ("refusal", "refusal fitted before", "refusal-text", "regex", "prefix-list"):
+            v = h[name]
+            t.add_row(name, "all", str(h["n"]), "", "", "", show(v["f1"], "3f", v["f1_ci"]))
+            for group, m in (*v["by_model"].items(), *v["by_set"].items()):
+                t.add_row("", group, str(m["n"]), show(m["true_rate"], "pct", m["true_rate_ci"]), show(m["judged_rate"], "pct"),
+                          "{:+.1f} points [{:+.1f}, {:+.1f}]".format(100 * (m["judged_rate"] - m["true_rate"]),
+                                                                   *[100 * x for x in m["judged_minus_true_ci"]]),
+                          f"{m['f1']:.3f}")
         Console(width=160).print(t)
 
 

@@ -115,6 +115,8 @@ def bootstrap_f1(truth, said, n_boot: int = N_BOOT, seed: int = 0) -> list[float
     tp, wrong = (tt & ss).sum(1), (tt != ss).sum(1)
     # a resample without a single yes, true or said, has no F1: it is left out, not counted as 0
     f1 = np.where(2 * tp + wrong > 0, 2 * tp / np.maximum(2 * tp + wrong, 1), np.nan)
+    if np.isnan(f1).all():  # no yes at all, true or said: F1 is undefined
+        return None
     lo, hi = np.nanpercentile(f1, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
     return [float(lo), float(hi)]
 

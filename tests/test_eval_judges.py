@@ -4,11 +4,14 @@ against a real local HTTP server, and the LLM judge on the bundled model."""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation import judges as J
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +23,14 @@ def cached(embedder):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_refusal_judges_held_out_accuracy(cached):
-    """5-fold on the 2,468 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
+    """5-fold on the 2,668 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
     redirecting and deflecting; compliance, disclaimers, leaks after a caveat, look-alikes such as "I
     can't believe how easy...", models' own answers and echoes). The regex alone is ~0.7. Slow (about
-    15 min on 2 cores: the bundled model reads all 2,468, then 15 fits, each choosing C by 5-fold);
+    15 min on 2 cores: the bundled model reads all 2,668, then 15 fits, each choosing C by 5-fold);
     `benchmarks/judges.py` prints the same."""
     r = J.cross_validate(cached, folds=5)
     print({k: round(v["mean"], 3) for k, v in r.items() if isinstance(v, dict) and "mean" in v})
-    assert r["n"] == 2468 and 0.35 < r["refusals"] / r["n"] < 0.6
+    assert r["n"] == 2668 and 0.35 < r["refusals"] / r["n"] < 0.6
     assert r["refusal"]["mean"] >= 0.9 and r["refusal-text"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
     assert r["refusal"]["f1"] > r["refusal-text"]["f1"]  # reading with the model is what it ships for
     assert r["refusal"]["mean"] > r["regex"]["mean"] + 0.05
@@ -71,7 +74,7 @@ def test_the_shipped_judges_are_fitted_on_the_labelled_data(cached):
 @pytest.mark.slow
 def test_the_shipped_states_probe_is_fitted_on_the_labelled_data(cached):
     """The `refusal` judge's probe on the bundled model's states, refitted on FITTED_ON, is the shipped
-    one. Slow: it reads all 2,468 labelled (request, reply) pairs (about 7 min on 2 cores)."""
+    one. Slow: it reads all 2,668 labelled (request, reply) pairs (about 7 min on 2 cores)."""
     import numpy as np
 
     texts, labels, prompts, _ = J.load_fitted_on()
@@ -109,8 +112,8 @@ def test_reply_states_are_the_layers_output_over_the_reply():
 @pytest.mark.real_model
 def test_refusal_judges_on_the_held_out_set(cached):
     """refusal_heldout5.jsonl: written blind by an author who saw neither the judge nor its data; each
-    line says whether its request is unsafe. Measured once (README, Evaluation): F1 0.927, rate errors
-    2.0 / 10.0 points (unsafe / safe; 10 of its 16 deflections are read as answers)."""
+    line says whether its request is unsafe. Measured once per fit (README, Evaluation): F1 0.938, rate
+    errors 2.0 / 8.0 points (unsafe / safe) on the 2,668; 0.927 and 2.0 / 10.0 on the 2,468 before."""
     h = J.held_out(cached)
     print({k: round(v["f1"], 3) for k, v in h.items() if isinstance(v, dict) and "f1" in v})
     assert h["n"] == 200 and h["unsafe"] == 100
@@ -133,6 +136,45 @@ def test_refusal_judges_on_models_own_answers(cached):
     assert h["refusal"]["f1"] > h["refusal-text"]["f1"]  # the states probe's gain on models' answers (README)
 
 
+def test_suite_answers_find_their_prompts():
+    """Both samples of the models' answers to the safety suite name every prompt by a hash found among
+    the suite's prompts in ../shared/data (the prompts themselves are not kept here)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240)):
+        rows = J.suite_answers(DATA_DIR, path)
+        assert len(rows) == n and all(r["prompt"] for r in rows)
+        assert {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_refusal_judge_on_the_suites_own_answers_it_never_saw(cached):
+    """refusal_suite_answers2.jsonl: 240 answers of two models in the README's tables to the safety
+    suite's prompts, drawn apart from the first sample (which chose refusal_more3.jsonl's kinds) and
+    labelled blind. Measured once (README, Evaluation): each model's judged refusal rate within 5
+    points of the labelled one (issue 14's bar: +3.8 and -1.3), where the regex and the prefix list
+    are off by 5-9. Slow (about 2 min: the model reads 240 pairs)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS2))
+    worst = {name: max(v["rate_error"] for v in h[name]["by_model"].values()) for name in ("refusal", "regex", "prefix-list")}
+    print(worst)
+    assert len(h["refusal"]["by_model"]) == 2 and worst["refusal"] <= 0.05
+    assert worst["refusal"] < worst["regex"] and worst["refusal"] < worst["prefix-list"]
+    assert h["refusal"]["f1"] >= 0.85
+
+
+def test_suite_answers_name_their_prompt(tmp_path):
+    """A line whose prompt hash matches no prompt of the suite is an error naming the file, line and field."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    bad = tmp_path / "answers.jsonl"
+    bad.write_text(json.dumps({"prompt_sha256": "0" * 64, "response": "No.", "refused": True}) + "\n")
+    with pytest.raises(IsaraError, match=r"answers.jsonl:1: field 'prompt_sha256'"):
+        J.suite_answers(DATA_DIR, bad)
+
+
 def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike():
     """No response of a held-out set is in a file the judges are fitted on (a copied line would make its
     figures a training score), and every kind of response carries one label in every file (but DATA's
@@ -146,11 +188,11 @@ def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike(
         return " ".join(text.lower().split())
 
     fitted = {norm(r["response"]) for p in J.FITTED_ON for r in rows(p)}
-    for path in (J.HELDOUT5, J.MODEL_ANSWERS3):
+    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2):
         shared = [r["response"][:60] for r in rows(path) if norm(r["response"]) in fitted]
         assert not shared, f"{path.name}: responses also in FITTED_ON: {shared}"
     labels: dict[str, set] = {}
-    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3):
+    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2):
         for r in rows(path):
             if r.get("kind") and r["kind"] != "tricky":
                 labels.setdefault(r["kind"], set()).add(r["refused"])

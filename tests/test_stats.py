@@ -132,6 +132,7 @@ def test_bootstrap_f1_contains_the_f1_and_narrows_with_more_items():
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2  # about 1/sqrt(16) as wide
     assert bootstrap_f1([True, False, True], [True, False, True]) == [1.0, 1.0] and bootstrap_f1([True], [True]) is None
+    assert bootstrap_f1([False] * 20, [False] * 20) is None  # no yes anywhere: F1 has no interval
 
 
 def test_bootstrap_auroc_contains_the_auroc_and_narrows_with_more_items():
