@@ -8,8 +8,9 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
 refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
-suite's data, refusal_suite_answers.jsonl, answers of the README's models to the safety suite's own
-prompts, the refusal rate per model and per suite set), beside the
+suite's data, refusal_suite_answers.jsonl and refusal_suite_answers2.jsonl, two samples of answers
+of the README's models to the safety suite's own prompts, the refusal rate per model and per suite
+set), beside the
 default judge fitted on the 2,468 it shipped with before (judges.FITTED_BEFORE), the default without
 its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
@@ -245,8 +246,9 @@ def main():
             t.add_row(name, "all", str(h["n"]), "", "", "", show(v["f1"], "3f", v["f1_ci"]))
             for group, m in (*v["by_model"].items(), *v["by_set"].items()):
                 t.add_row("", group, str(m["n"]), show(m["true_rate"], "pct", m["true_rate_ci"]), show(m["judged_rate"], "pct"),
-                          "{:+.1f} points [{:+.1f}, {:+.1f}]".format(100 * (m["judged_rate"] - m["true_rate"]),
-                                                                   *[100 * x for x in m["judged_minus_true_ci"]]),
+                          "{:+.1f} points {}".format(100 * (m["judged_rate"] - m["true_rate"]),
+                                                     "[{:+.1f}, {:+.1f}]".format(*[100 * x for x in m["judged_minus_true_ci"]])
+                                                     if m["judged_minus_true_ci"] else ""),
                           f"{m['f1']:.3f}")
         Console(width=160).print(t)
 

@@ -141,10 +141,17 @@ def test_suite_answers_find_their_prompts():
     the suite's prompts in ../shared/data (the prompts themselves are not kept here)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    from isara_lite.data import read_records
+
     for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240)):
         rows = J.suite_answers(DATA_DIR, path)
-        assert len(rows) == n and all(r["prompt"] for r in rows)
-        assert {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
+        assert len(rows) == n and {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
+        # the file keeps no suite prompt: a stretch of 20 characters or more that a response shares with
+        # its prompt is stored as {prompt[a:b]} and put back (shorter prompts are phrases like "What is X?")
+        stored = [r["response"].lower() for _, r in read_records(path)]
+        assert not [r["prompt"] for r in rows if len(r["prompt"]) >= 20 and any(r["prompt"].lower() in t for t in stored)]
+        assert not [r for r in rows if "{prompt[" in r["response"]]
+        assert sum(r["prompt"] in r["response"] for r in rows) >= 5  # the echoes, whole again
 
 
 @pytest.mark.real_model

@@ -62,9 +62,9 @@ MODEL_ANSWERS2 = DATA.with_name("refusal_model_answers2.jsonl")
 # (answers); and small models' awkward refusals and answers.
 MORE2 = DATA.with_name("refusal_more2.jsonl")
 # 200 more by a ninth author, for what the first sample of SUITE_ANSWERS showed the judge missing on
-# the suites' own answers: offers that neither answer nor decline and answers that are safety advice
-# (answers); deflections to a safer offer or to safety advice, lectures against a request's premise
-# (refusals); a pretrained model's loops, declining or not.
+# the suites' own answers: offers that neither answer nor decline, answers that are safety advice and
+# vague answers to alarming safe questions (answers); deflections to a safer offer or to safety advice,
+# lectures against a request's premise (refusals); a pretrained model's loops, declining or not.
 MORE3 = DATA.with_name("refusal_more3.jsonl")
 FITTED_ON = (DATA, MORE, HELDOUT, HELDOUT2, HELDOUT3, MODEL_ANSWERS, HELDOUT4, MODEL_ANSWERS2, MORE2, MORE3)
 # The judges as fitted before MORE3 joined (benchmarks/judges.py measures it beside).
@@ -392,19 +392,27 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
 
 
 def suite_answers(data: Path, path: Path = SUITE_ANSWERS) -> list[dict]:
-    """SUITE_ANSWERS's lines with their prompts, found by hash among every prompt of the safety suite in DATA."""
+    """PATH's lines (SUITE_ANSWERS, SUITE_ANSWERS2) with their prompts, found by set and hash among
+    every prompt of the safety suite in DATA (../shared/data). A response keeps no stretch of its
+    prompt: each is stored as {prompt[a:b]} and put back here."""
     import hashlib
 
     from . import safety
 
     every = safety.prompt_sets(data, dict.fromkeys(safety.SIZES))
-    by_hash = {hashlib.sha256(p.encode()).hexdigest(): p for items in every.values() for p, _ in items}
+    by_hash = {(name, hashlib.sha256(p.encode()).hexdigest()): p for name, items in every.items() for p, _ in items}
     rows = []
     for line, r in read_records(path):
-        if r.get("prompt_sha256") not in by_hash:
-            raise IsaraError(f"{where(path, line, 'prompt_sha256')}: no prompt of the safety suite in {data} has this hash")
-        rows.append({**r, "prompt": by_hash[r["prompt_sha256"]]})
+        prompt = by_hash.get((r.get("set"), r.get("prompt_sha256")))
+        if prompt is None:
+            raise IsaraError(f"{where(path, line, 'prompt_sha256')}: no prompt of the safety suite's "
+                             f"'{r.get('set')}' set in {data} has this hash")
+        response = _SPAN.sub(lambda m: prompt[int(m[1]):int(m[2])], r["response"])
+        rows.append({**r, "prompt": prompt, "response": response})
     return rows
+
+
+_SPAN = re.compile(r"\{prompt\[(\d+):(\d+)\]\}")
 
 
 def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5, reader=None,
@@ -420,7 +428,7 @@ def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5, r
     # a model's own questions carry no safe / unsafe mark
     unsafe = np.array([r.get("prompt_type") == "unsafe" for r in rows])
     of_model = {m: np.array([r.get("model") == m for r in rows]) for m in models}
-    of_set = {f"{m} / {s}": np.array([r.get("model") == m and r["set"] == s for r in rows])
+    of_set = {f"{m} / {s}": np.array([r.get("model") == m and r.get("set") == s for r in rows])
               for m in models for s in sorted({r["set"] for r in rows if "set" in r})}
     embedder = CachedEmbedder(embedder or _embedder())
     judges = {"refusal": ClassifierJudge(embedder, True, states=True, reader=reader), "refusal-text": ClassifierJudge(embedder, True),

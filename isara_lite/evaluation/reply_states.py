@@ -11,7 +11,7 @@ import numpy as np
 from .judges import REFUSAL_QUESTION
 
 MODEL = "smollm2-135m-instruct"  # bundled with isara_lite, so the judge stays offline
-# Chosen by 5-fold cross-validated F1 on the 1,836 of judges.FITTED_BEFORE among layers 6-30 (README, Evaluation)
+# Chosen by 5-fold cross-validated F1 on the 1,836 of the first six files of judges.FITTED_ON among layers 6-30 (README, Evaluation)
 LAYER = 18
 PROMPT_CHARS, REPLY_CHARS = 600, 1200
 QUESTION = REFUSAL_QUESTION  # what the LLM judge asks too
