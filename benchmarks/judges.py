@@ -51,6 +51,8 @@ from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
+# the two samples of models' answers to the safety suite's prompts (judges.suite_answers)
+SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2))
 COMPARED = ("refusal", "refusal-text", "refusal fitted before", "without the echo rule", "classifier", "regex",
             "prefix-list")
 
@@ -112,7 +114,7 @@ def main():
         for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3)):
             if path.is_file():
                 report[key] = held_out(embedder, more, path, reader)
-        for key, path in (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2)):
+        for key, path in SUITE_SAMPLES:
             if args.data.is_dir() and path.is_file():
                 report[key] = held_out(embedder, more, reader=reader, rows=suite_answers(args.data, path))
     if args.llm:
@@ -232,7 +234,7 @@ def main():
                       *[f"{100 * m['true_rate']:.1f}% -> {100 * m['judged_rate']:.1f}% (F1 {m['f1']:.3f})"
                         for m in v["by_model"].values()])
         Console(width=160).print(t)
-    for key, path in (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2)):
+    for key, path in SUITE_SAMPLES:
         if key not in report:
             continue
         h = report[key]
