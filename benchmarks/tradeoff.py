@@ -7,7 +7,9 @@ harmful against XSTest safe refused, with 95% intervals.
 
 Each DIR is an `isara eval --out` folder; a setting's safety.jsonl and instructions.jsonl may lie in
 two folders (NAME=SAFETY_DIR,INSTRUCTIONS_DIR). A setting without instructions.jsonl has no win rate,
-one without safety.jsonl no safety rates (and no point in the plot).
+one without safety.jsonl no safety rates (and no point in the plot). A gated evaluation's folder keeps
+the model's own answer where the gate rewrote one, so its setting gets a second row, "NAME without the
+gate", from the same folder.
 Several seeds of one setting are joined by "+": its rates are then the mean over the seeds, each
 interval a bootstrap over the prompts of their per-prompt mean (the seeds answered the same prompts),
 and the JSON keeps each seed's rate. The length-controlled win rate (stats.length_controlled) of
@@ -62,6 +64,16 @@ def setting(spec: str) -> tuple[str, list[tuple[Path, Path | None]]]:
             raise IsaraError(f"setting '{name}': seed {dirs} has other files than {seeds.split('+')[0]} "
                              f"(every seed needs the same safety.jsonl / instructions.jsonl)")
     return name, files
+
+
+def gated(seeds: list[tuple[list[dict] | None, list[dict] | None]]) -> bool:
+    """Whether a setting's answers are a gated evaluation's that kept the model's own (any row has one)."""
+    return any("own_response" in r or "own_output" in r for s, i in seeds for r in (s or []) + (i or []))
+
+
+def alone(rows: list[dict] | None, field: str, own: str) -> list[dict] | None:
+    """A gated evaluation's rows as the model alone answered: its own answer where the gate rewrote one."""
+    return None if rows is None else [{**r, field: r[own]} if isinstance(r.get(own), str) else r for r in rows]
 
 
 def seed_files(name: str, dirs: str) -> tuple[Path | None, Path | None]:
@@ -165,6 +177,9 @@ def main(argv=None) -> int:
         specs = [(name, [(rows_of(s, SAFETY_FIELDS) if s else None, rows_of(i, INSTRUCTION_FIELDS) if i else None)
                          for s, i in seeds])
                  for name, seeds in map(setting, args.settings)]
+        specs += [(f"{name} without the gate", [(alone(s, "response", "own_response"), alone(i, "output", "own_output"))
+                                                for s, i in seeds])
+                  for name, seeds in specs if gated(seeds)]
         embedder = Embedder()
         refusal, pairwise = get_judge(DEFAULTS["refusal"], embedder), get_judge(DEFAULTS["pairwise"], embedder)
         report = {"judges": {"refusal": refusal.name, "pairwise": pairwise.name},

@@ -13,7 +13,7 @@ import pytest
 from isara_lite.backends.base import create_backend
 from rich.console import Console
 
-from isara_lite.evaluation.protocol import Answerer, subset
+from isara_lite.evaluation.protocol import AnswerLog, Answerer, subset
 from isara_lite.evaluation.run import results_table
 from isara_lite.evaluation.truthfulness import mc_metrics, multiple_choice, similarity
 from isara_lite.models import load_card
@@ -147,10 +147,37 @@ def test_eval_cli_end_to_end(tmp_path):
     assert bad.returncode == 2 and "no advbench/harmful_behaviors.csv" in bad.stderr
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
+def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, embedder):
+    """`isara eval --gate`: rows the gate rewrote keep the model's own answer, and the results hold the
+    rates of those own answers (judged again) beside the gated ones."""
+    from isara_lite.data import read_samples
+    from isara_lite.evaluation.judges import RegexJudge
+    from isara_lite.evaluation.safety import summarize
+    from isara_lite.gate import fit_gate
+
+    fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder).save(tmp_path / "gate.json")
+    out = tmp_path / "eval"
+    r = isara("eval", "--model", tiny_model.build(), "--suite", "safety", "--data", DATA, "--limit", "3",
+              "--max-tokens", "12", "--threads", "2", "--judge", "regex", "--gate", tmp_path / "gate.json", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "safety.jsonl").read_text().splitlines()]
+    rewritten = [x for x in rows if "own_response" in x]
+    assert rewritten and all(x["own_response"] != x["response"] for x in rewritten)  # the gate refused some
+    s = json.loads((out / "results.json").read_text())["suites"]["safety"]
+    judge = RegexJudge()
+    alone = [{**x, "response": x.get("own_response", x["response"]),
+              "refused": judge.refused([x["prompt"]], [x.get("own_response", x["response"])])[0]} for x in rows]
+    assert s["without_gate"] == json.loads(json.dumps(summarize(alone, "regex")))
+    assert s["without_gate"] != {k: v for k, v in s.items() if k != "without_gate"}
+    assert "safety without the gate" in r.stderr and "harmful AdvBench" in r.stderr
+
+
 @pytest.mark.real_model
-def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, embedder, card, renderer):
+def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, embedder, card, renderer, tmp_path):
     """`isara eval --gate`: the suites' answers are the gate's (apply_gate on the model's greedy
-    answers); the AlpacaEval reference answers stay the plain model's."""
+    answers), the model's own kept where the gate rewrote one, also through a resume; the AlpacaEval
+    reference answers stay the plain model's."""
     from isara_lite.backends.base import Sampling
     from isara_lite.data import read_samples
     from isara_lite.gate import apply_gate, fit_gate
@@ -167,6 +194,17 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     expected = [r["response"] for r in apply_gate(b, renderer, gate, embedder, qs, own, sampling)]
     assert expected != own  # the gate rewrites some of these answers
     assert gated.answer(qs, "gated") == expected
+    # where it rewrote one, the model's own answer is kept for the rows (the rates without the gate)
+    assert [gated.own(q).get("own_response", e) for q, e in zip(qs, expected)] == own
+    assert all(gated.own(q) == {} for q, o, e in zip(qs, own, expected) if o == e)
+    log = AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"})
+    first = Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate, log=log)
+    assert first.answer(qs, "gated") == expected
+    again = Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate,
+                     log=AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"}))
+    again.backend = None  # resumed: every answer and every own answer comes from the log, none generated
+    assert again.answer(qs, "gated") == expected
+    assert [again.own(q, "own_output").get("own_output", e) for q, e in zip(qs, expected)] == own
     assert gated.pretrained_answers(qs, "pretrained", expected) == own  # no adapter, but the gate is off
     assert plain.pretrained_answers(qs, "pretrained", own) == own  # nothing differs: its own answers, reused
     given = dict(zip(qs, ["one", "two", "three", "four"]))  # a compare's pretrained row already answered
@@ -175,6 +213,19 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     partly = dict(list(given.items())[:3])  # one missing: all generated, as one batch like `own`
     assert Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate,
                     pretrained=partly).pretrained_answers(qs, "pretrained", expected) == own
+
+
+def test_rates_without_the_gate_judge_the_models_own_answers_again():
+    from isara_lite.evaluation.judges import RegexJudge
+    from isara_lite.evaluation.safety import summarize, without_gate
+
+    rows = [{"set": "advbench", "category": "a", "prompt": "p1", "response": "I'm sorry, but I can't help with that.",
+             "refused": True, "own_response": "Sure, here is how you do it."},
+            {"set": "advbench", "category": "a", "prompt": "p2", "response": "Sure.", "refused": False}]
+    alone = without_gate(rows, RegexJudge())
+    assert [r["refused"] for r in alone] == [False, False] and alone[0]["response"] == "Sure, here is how you do it."
+    assert rows[0]["refused"] is True  # the gated rows are left as they are
+    assert summarize(alone, "regex")["harmful_rate"]["advbench"]["rate"] == 1.0
 
 
 class Recording(UI):

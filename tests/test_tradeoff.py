@@ -110,3 +110,27 @@ def test_the_length_controlled_rate_of_seeds_is_one_fit_over_prompts_and_seeds(t
     write_eval(tmp_path / "s1", None, True)
     with pytest.raises(IsaraError, match="has other files than"):
         tradeoff.setting(f"x={tmp_path / 's0'}+{tmp_path / 's1'}")
+
+
+def test_a_gated_evaluation_also_gives_the_model_without_its_gate(tmp_path):
+    """Rows the gate rewrote keep the model's own answer (own_response / own_output): the setting
+    gets a second row from the same folder, the model alone."""
+    write_eval(tmp_path / "g", {"advbench": [REFUSE, REFUSE], "hh_harmless": [COMPLY],
+                                "xstest_safe": [COMPLY, COMPLY], "xstest_unsafe": [REFUSE]}, True)
+    rows = [json.loads(x) for x in (tmp_path / "g" / "safety.jsonl").read_text().splitlines()]
+    rows[0]["own_response"] = COMPLY  # the gate refused what the model answered
+    rows[3]["own_response"] = REFUSE  # and answered what it refused
+    (tmp_path / "g" / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    given = [json.loads(x) for x in (tmp_path / "g" / "instructions.jsonl").read_text().splitlines()]
+    given[1]["own_output"] = "I'm sorry, but I can't help with that."
+    (tmp_path / "g" / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in given))
+    out = run(f"g={tmp_path / 'g'}", "--json", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert [r["g"][k]["rate"] for k in ("advbench", "xstest_safe")] == [0.0, 0.0]
+    alone = r["g without the gate"]
+    assert [alone[k]["rate"] for k in ("advbench", "hh_harmless", "xstest_safe", "xstest_unsafe")] == [0.5, 1.0, 0.5, 1.0]
+    assert r["g"]["win_rate"]["rate"] == 1.0 and alone["win_rate"]["rate"] == 0.5
+    write_eval(tmp_path / "plain", {"advbench": [REFUSE]}, False)  # nothing rewritten: no second row
+    out = run(f"p={tmp_path / 'plain'}", "--json", tmp_path / "p.json")
+    assert list(json.loads((tmp_path / "p.json").read_text())["settings"]) == ["p"]

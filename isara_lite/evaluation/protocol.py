@@ -79,12 +79,16 @@ class AnswerLog:
         self.given = {(r["what"], r["question"]): r for r in read_jsonl_tolerant(self.path)
                       if r.get("settings") == self.key}
 
-    def get(self, what: str, question: str, demos) -> str | None:
+    def get(self, what: str, question: str, demos) -> tuple[str, str | None] | None:
+        """(the answer, the model's own answer where a gate rewrote it) given before, or None."""
         r = self.given.get((what, question))
-        return r["answer"] if r is not None and r.get("demos") == demos else None
+        return (r["answer"], r.get("own")) if r is not None and r.get("demos") == demos else None
 
-    def add(self, what: str, questions: list[str], answers: list[str], demos: list) -> None:
-        append_jsonl(self.path, [{"settings": self.key, "what": what, "question": q, "answer": a, "demos": d}
+    def add(self, what: str, questions: list[str], answers: list[str], demos: list, own: dict | None = None) -> None:
+        """own: {question: the model's own answer} where a gate rewrote it."""
+        own = own or {}
+        append_jsonl(self.path, [{"settings": self.key, "what": what, "question": q, "answer": a, "demos": d,
+                                  **({"own": own[q]} if q in own else {})}
                                  for q, a, d in zip(questions, answers, demos)])
 
     def close(self) -> None:
@@ -110,6 +114,7 @@ class Answerer:
         self.ui = ui or UI()
         self._embedder = embedder
         self._shown: dict[str, list] = {}  # question -> its demonstrations, retrieved once
+        self._own: dict[str, str] = {}  # question -> the model's own answer, where the gate rewrote it
 
     @property
     def embedder(self):
@@ -143,6 +148,11 @@ class Answerer:
         """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
         return {} if self.demos is None else {"demos": [d.id for d in self.shown([question])[0]]}
 
+    def own(self, question: str, field: str = "own_response") -> dict:
+        """{field: the model's own answer} where the gate rewrote it, for the rows on disk: one gated
+        evaluation then measures the model without the gate too."""
+        return {field: self._own[question]} if question in self._own else {}
+
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)
@@ -152,7 +162,9 @@ class Answerer:
         demos = {q: self._demos_key(q) for q in questions}
         known = {}
         if self.log is not None:
-            known = {q: a for q in demos if (a := self.log.get(what, q, demos[q])) is not None}
+            given = {q: g for q in demos if (g := self.log.get(what, q, demos[q])) is not None}
+            known = {q: a for q, (a, _) in given.items()}
+            self._own.update({q: o for q, (_, o) in given.items() if o is not None})
             if known:
                 self.ui.log(f"{what}: {len(known)} answers given before this run was interrupted, reused "
                             f"({self.log.path})")
@@ -163,11 +175,14 @@ class Answerer:
                 chunk = todo[i:i + self.batch_size]
                 gens = self.backend.generate(self.prompts(chunk), sampling)
                 texts = [cut(g.text) for g in gens]
+                own = {}
                 if self.gate is not None and self.demos is None:
                     gated = apply_gate(self.backend, self.renderer, self.gate, self.embedder, chunk, texts, sampling)
+                    own = {q: t for q, t, r in zip(chunk, texts, gated) if r["rewritten"]}
                     texts = [r["response"] for r in gated]
+                    self._own.update(own)
                 if self.log is not None:
-                    self.log.add(what, chunk, texts, [demos[q] for q in chunk])
+                    self.log.add(what, chunk, texts, [demos[q] for q in chunk], own)
                 known.update(zip(chunk, texts))
                 toks += sum(g.completion_tokens for g in gens)
                 update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})

@@ -14,6 +14,10 @@ outputs stay the pretrained model's plain answers. Without `demos` nothing chang
 Answers are kept in OUT/answers.partial.jsonl as they are given (protocol.AnswerLog): an interrupted
 evaluation run again into the same folder answers only what is left; the file goes when every suite
 is written.
+
+With a gate, a row whose answer the gate rewrote keeps the model's own answer too (own_response,
+own_output), judged again into each suite's "without_gate" rates: one gated evaluation measures the
+model with and without its gate.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..gate import choose_gate
 from ..models import load_card
 from ..prompts import Renderer, get_format
 from ..rundir import run_adapter
+from ..stats import show
 from ..ui import UI
 from . import datasets as ds, instructions, safety, truthfulness
 from .judges import DEFAULTS, PAIRWISE_JUDGES, REFUSAL_JUDGES, get_judge
@@ -133,6 +138,12 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
         ui.log(f"{s}: done in {results['seconds'][s]:.0f}s")
     log.close()
     results_table(results, out, ui)
+    for s, summary in results["suites"].items():
+        if "without_gate" in summary:
+            cols = {"safety": safety.COLUMNS, "instructions": instructions.COLUMNS}[s]
+            ui.log(f"{s} without the gate (the model's own answers where it rewrote one): " + ", ".join(
+                f"{c.name} {show(c.value(summary['without_gate']), c.kind, c.stored_ci(summary['without_gate']))}"
+                for c in cols if c.value(summary["without_gate"]) is not None))
     ui.log(f"results: {out / 'results.json'}")
     return results
 

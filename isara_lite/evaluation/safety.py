@@ -34,9 +34,23 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
     for name, items in prompt_sets(data, sizes).items():
         responses = ev.answer([p for p, _ in items], f"safety: {name}")
         verdicts = judge.refused([p for p, _ in items], responses)
-        rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p)}
-                 for (p, c), r, v in zip(items, responses, verdicts)]
-    return summarize(rows, judge.name), rows
+        rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p),
+                  **ev.own(p)} for (p, c), r, v in zip(items, responses, verdicts)]
+    summary = summarize(rows, judge.name)
+    if ev.gate is not None:
+        summary["without_gate"] = summarize(without_gate(rows, judge), judge.name)
+    return summary, rows
+
+
+def without_gate(rows: list[dict], judge) -> list[dict]:
+    """A gated evaluation's rows as the model alone answered: its own answer where the gate rewrote
+    one (own_response), judged again; the rest as they are."""
+    own = [i for i, r in enumerate(rows) if "own_response" in r]
+    said = judge.refused([rows[i]["prompt"] for i in own], [rows[i]["own_response"] for i in own]) if own else []
+    alone = list(rows)
+    for i, v in zip(own, said):
+        alone[i] = {**rows[i], "response": rows[i]["own_response"], "refused": bool(v)}
+    return alone
 
 
 def summarize(rows: list[dict], judge_name: str) -> dict:
