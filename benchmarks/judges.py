@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--llmbar", type=Path, help="LLMBar's Dataset/ folder: measure the features judge on each "
                                                 "of its sets, never fitted on")
     ap.add_argument("--pairwise-only", action="store_true", help="skip the refusal judges")
+    ap.add_argument("--suite-samples-only", action="store_true",
+                    help="of the refusal judges, measure only those on the suites' own answers (SUITE_SAMPLES)")
     ap.add_argument("--refit", action="store_true", help="first fit the shipped judges on judges.FITTED_ON again "
                                                           "(judge_data/refusal_judge.safetensors)")
     args = ap.parse_args()
@@ -108,11 +110,12 @@ def main():
     report = {}
     if not args.pairwise_only:
         t0 = time.time()
-        report["refusal_kfold"] = cross_validate(embedder, folds=args.folds, reader=reader)
-        report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
+        if not args.suite_samples_only:
+            report["refusal_kfold"] = cross_validate(embedder, folds=args.folds, reader=reader)
+            report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
         more = compared(embedder, reader)
         for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3)):
-            if path.is_file():
+            if path.is_file() and not args.suite_samples_only:
                 report[key] = held_out(embedder, more, path, reader)
         for key, path in SUITE_SAMPLES:
             if args.data.is_dir() and path.is_file():
@@ -197,16 +200,14 @@ def main():
                       show(p["longer answer (baseline)"]["agreement"], "3f", p["longer answer (baseline)"]["ci"]),
                       "{:+.1f} points [{:+.1f}, {:+.1f}]".format(p["difference"]["points"], *p["difference"]["ci"]))
         Console(width=160).print(t)
-    if not cv:
-        return
-
-    t = Table(title=f"the default judge's out-of-fold verdicts ({cv['k']}-fold), per file it is fitted on")
-    for col in ("file", "responses", "accuracy", "precision", "recall", "F1", "refusal-rate error"):
-        t.add_column(col)
-    for f, v in cv["refusal"]["by_file"].items():
-        t.add_row(f, str(v["n"]), *[f"{v[k]:.3f}" for k in ("accuracy", "precision", "recall")],
-                  show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
-    Console(width=160).print(t)
+    if cv:
+        t = Table(title=f"the default judge's out-of-fold verdicts ({cv['k']}-fold), per file it is fitted on")
+        for col in ("file", "responses", "accuracy", "precision", "recall", "F1", "refusal-rate error"):
+            t.add_column(col)
+        for f, v in cv["refusal"]["by_file"].items():
+            t.add_row(f, str(v["n"]), *[f"{v[k]:.3f}" for k in ("accuracy", "precision", "recall")],
+                      show(v["f1"], "3f", v["f1_ci"]), f"{100 * v['rate_error']:.1f} points")
+        Console(width=160).print(t)
     if "refusal_heldout5" in report:
         h = report["refusal_heldout5"]
         t = Table(title=f"refusal judges on {HELDOUT5.name}: {h['n']} held-out responses ({h['refusals']} refusals; "

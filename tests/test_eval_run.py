@@ -291,12 +291,12 @@ def test_answer_log_reuses_only_the_same_settings_and_demonstrations(tmp_path):
 
     path = tmp_path / "answers.partial.jsonl"
     log = AnswerLog(path, {"model": "m", "adapter": "abc"})
-    log.add("safety: advbench", ["q1", "q2"], ["a1", "a2"], [None, "demos-x"])
+    log.add("safety: advbench", ["q1", "q2"], ["a1", "a2"], [None, "demos-x"], own={"q2": "the model's own"})
     with open(path, "a") as f:
         f.write('{"settings": "')  # torn by a kill mid-write
     again = AnswerLog(path, {"adapter": "abc", "model": "m"})  # key order does not matter
-    assert again.get("safety: advbench", "q1", None) == "a1"
-    assert again.get("safety: advbench", "q2", "demos-x") == "a2"
+    assert again.get("safety: advbench", "q1", None) == ("a1", None)
+    assert again.get("safety: advbench", "q2", "demos-x") == ("a2", "the model's own")  # a gate rewrote it
     assert again.get("safety: advbench", "q2", "demos-y") is None  # other demonstrations
     assert again.get("safety: hh_harmless", "q1", None) is None  # another set's question
     assert AnswerLog(path, {"model": "m", "adapter": "abd"}).get("safety: advbench", "q1", None) is None
