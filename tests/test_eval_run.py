@@ -158,7 +158,7 @@ def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, emb
 
     fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder).save(tmp_path / "gate.json")
     out = tmp_path / "eval"
-    r = isara("eval", "--model", tiny_model.build(), "--suite", "safety", "--data", DATA, "--limit", "3",
+    r = isara("eval", "--model", tiny_model.build(), "--suite", "all", "--data", DATA, "--limit", "3",
               "--max-tokens", "12", "--threads", "2", "--judge", "regex", "--gate", tmp_path / "gate.json", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in (out / "safety.jsonl").read_text().splitlines()]
@@ -170,7 +170,11 @@ def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, emb
               "refused": judge.refused([x["prompt"]], [x.get("own_response", x["response"])])[0]} for x in rows]
     assert s["without_gate"] == json.loads(json.dumps(summarize(alone, "regex")))
     assert s["without_gate"] != {k: v for k, v in s.items() if k != "without_gate"}
-    assert "safety without the gate" in r.stderr and "harmful AdvBench" in r.stderr
+    assert "safety without the gate (the model's own answers where it rewrote one): harmful AdvBench" in r.stderr
+    # the pretrained model's AlpacaEval answers are this model's own, not generated again
+    given = [json.loads(x) for x in (out / "instructions.jsonl").read_text().splitlines()]
+    assert all(x["pretrained"] == x.get("own_output", x["output"]) for x in given)
+    assert "without_gate" in json.loads((out / "results.json").read_text())["suites"]["instructions"]
 
 
 @pytest.mark.real_model
@@ -195,8 +199,9 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     assert expected != own  # the gate rewrites some of these answers
     assert gated.answer(qs, "gated") == expected
     # where it rewrote one, the model's own answer is kept for the rows (the rates without the gate)
-    assert [gated.own(q).get("own_response", e) for q, e in zip(qs, expected)] == own
-    assert all(gated.own(q) == {} for q, o, e in zip(qs, own, expected) if o == e)
+    assert [gated.own("gated", q).get("own_response", e) for q, e in zip(qs, expected)] == own
+    assert all(gated.own("gated", q) == {} for q, o, e in zip(qs, own, expected) if o == e)
+    assert all(gated.own("another stage", q) == {} for q in qs)
     log = AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"})
     first = Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate, log=log)
     assert first.answer(qs, "gated") == expected
@@ -204,7 +209,7 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
                      log=AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"}))
     again.backend = None  # resumed: every answer and every own answer comes from the log, none generated
     assert again.answer(qs, "gated") == expected
-    assert [again.own(q, "own_output").get("own_output", e) for q, e in zip(qs, expected)] == own
+    assert [again.own("gated", q, "own_output").get("own_output", e) for q, e in zip(qs, expected)] == own
     assert gated.pretrained_answers(qs, "pretrained", expected) == own  # no adapter, but the gate is off
     assert plain.pretrained_answers(qs, "pretrained", own) == own  # nothing differs: its own answers, reused
     given = dict(zip(qs, ["one", "two", "three", "four"]))  # a compare's pretrained row already answered

@@ -15,9 +15,10 @@ Answers are kept in OUT/answers.partial.jsonl as they are given (protocol.Answer
 evaluation run again into the same folder answers only what is left; the file goes when every suite
 is written.
 
-With a gate, a row whose answer the gate rewrote keeps the model's own answer too (own_response,
-own_output), judged again into each suite's "without_gate" rates: one gated evaluation measures the
-model with and without its gate.
+With a gate, a safety or instructions row whose answer the gate rewrote keeps the model's own answer
+too (own_response, own_output), judged again into the suite's "without_gate" rates: one gated
+evaluation measures the model with and without its gate on those two suites (truthfulness's answers
+are gated, its own answers not kept).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
     results_table(results, out, ui)
     for s, summary in results["suites"].items():
         if "without_gate" in summary:
-            cols = {"safety": safety.COLUMNS, "instructions": instructions.COLUMNS}[s]
+            cols = {"safety": safety.COLUMNS, "instructions": instructions.COLUMNS}.get(s, [])
             ui.log(f"{s} without the gate (the model's own answers where it rewrote one): " + ", ".join(
                 f"{c.name} {show(c.value(summary['without_gate']), c.kind, c.stored_ci(summary['without_gate']))}"
                 for c in cols if c.value(summary["without_gate"]) is not None))
@@ -153,7 +154,8 @@ def answer_settings(model: str, backend: str, adapter, gate, max_tokens: int, la
     files = sorted(f for f in Path(adapter).iterdir() if f.is_file()) if adapter else []
     return {"model": model, "backend": backend, "max_tokens": max_tokens, "label": label,
             "adapter": sha256_files(files) if adapter else None,
-            "gate": asdict(gate) if gate else None,
+            # a gated log of before the own answers were kept would read as "nothing rewritten"
+            "gate": asdict(gate) | {"keeps_own_answers": True} if gate else None,
             "demos": getattr(demos, "name", "custom") if demos is not None else None}
 
 
