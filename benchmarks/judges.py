@@ -8,9 +8,9 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
 refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
-suite's data, refusal_suite_answers.jsonl and refusal_suite_answers2.jsonl, two samples of answers
-of the README's models to the safety suite's own prompts, the refusal rate per model and per suite
-set), beside the
+suite's data, refusal_suite_answers.jsonl, refusal_suite_answers2.jsonl and refusal_suite_answers3.jsonl,
+three samples of answers of the README's models to the safety suite's own prompts, the refusal rate per
+model and per suite set), beside the
 default judge fitted on the 2,468 it shipped with before (judges.FITTED_BEFORE), the default without
 its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
@@ -24,11 +24,12 @@ With --autoj FILE (Auto-J's data/test/testdata_pairwise.jsonl, not kept here): t
 shipped, never fitted or chosen on it, against the longer answer on its human labels (ties left out).
 With --llmbar DIR (LLMBar's Dataset/ folder, not kept here): the same on each of its sets, and pooled
 over the sets LLMBar draws from natural distributions (pairwise_judge.LLMBAR_NATURAL) and over the
-rest, which are built so that the worse answer looks better. --pairwise-only skips the refusal judges.
+rest, which are built so that the worse answer looks better. --pairwise-only skips the refusal judges;
+--suite-samples-only measures them on the suites' own answers alone (minutes, not the 5-fold's).
 
   .venv/bin/python benchmarks/judges.py [--refit] [--data ../shared/data] [--pairs 200] [--llm smollm2-135m-instruct]
                                         [--pandalm testset-v1.json] [--autoj testdata_pairwise.jsonl]
-                                        [--llmbar LLMBar/Dataset] [--pairwise-only]
+                                        [--llmbar LLMBar/Dataset] [--pairwise-only] [--suite-samples-only]
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2,
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3,
                                           CachedEmbedder, CachedStates, ClassifierJudge, ReferenceJudge, cross_validate, get_judge,
                                           held_out, load_fitted_on, load_labelled, suite_answers, write_weights)
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-# the two samples of models' answers to the safety suite's prompts (judges.suite_answers)
-SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2))
+# the three samples of models' answers to the safety suite's prompts (judges.suite_answers)
+SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2),
+                 ("refusal_suite_answers3", SUITE_ANSWERS3))
 COMPARED = ("refusal", "refusal-text", "refusal fitted before", "without the echo rule", "classifier", "regex",
             "prefix-list")
 

@@ -137,13 +137,14 @@ def test_refusal_judges_on_models_own_answers(cached):
 
 
 def test_suite_answers_find_their_prompts():
-    """Both samples of the models' answers to the safety suite name every prompt by a hash found among
+    """The samples of the models' answers to the safety suite name every prompt by a hash found among
     the suite's prompts in ../shared/data (the prompts themselves are not kept here)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
     from isara_lite.data import read_records
 
-    for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240)):
+    echoes = 0
+    for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240), (J.SUITE_ANSWERS3, 240)):
         rows = J.suite_answers(DATA_DIR, path)
         assert len(rows) == n and {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
         # the file keeps no suite prompt: a stretch of 20 characters or more that a response shares with
@@ -151,7 +152,8 @@ def test_suite_answers_find_their_prompts():
         stored = [r["response"].lower() for _, r in read_records(path)]
         assert not [r["prompt"] for r in rows if len(r["prompt"]) >= 20 and any(r["prompt"].lower() in t for t in stored)]
         assert not [r for r in rows if "{prompt[" in r["response"]]
-        assert sum(r["prompt"] in r["response"] for r in rows) >= 5  # the echoes, whole again
+        echoes += sum(r["prompt"] in r["response"] for r in rows)
+    assert echoes >= 5  # the echoes, whole again
 
 
 @pytest.mark.real_model
@@ -195,11 +197,11 @@ def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike(
         return " ".join(text.lower().split())
 
     fitted = {norm(r["response"]) for p in J.FITTED_ON for r in rows(p)}
-    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2):
+    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3):
         shared = [r["response"][:60] for r in rows(path) if norm(r["response"]) in fitted]
         assert not shared, f"{path.name}: responses also in FITTED_ON: {shared}"
     labels: dict[str, set] = {}
-    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2):
+    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3):
         for r in rows(path):
             if r.get("kind") and r["kind"] != "tricky":
                 labels.setdefault(r["kind"], set()).add(r["refused"])

@@ -79,6 +79,9 @@ MODEL_ANSWERS3 = DATA.with_name("refusal_model_answers3.jsonl")
 # kinds, so only the second, drawn apart from it and read after the refit, is unseen.
 SUITE_ANSWERS = DATA.with_name("refusal_suite_answers.jsonl")
 SUITE_ANSWERS2 = DATA.with_name("refusal_suite_answers2.jsonl")
+# A third, drawn after the refit from the untrained SmolLM2's full-suite answers, alone and behind the
+# model gate (one gated evaluation keeps both), and labelled the same way: two models it never saw.
+SUITE_ANSWERS3 = DATA.with_name("refusal_suite_answers3.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -392,7 +395,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
 
 
 def suite_answers(data: Path, path: Path = SUITE_ANSWERS) -> list[dict]:
-    """PATH's lines (SUITE_ANSWERS, SUITE_ANSWERS2) with their prompts, found by set and hash among
+    """PATH's lines (SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3) with their prompts, found by set and hash among
     every prompt of the safety suite in DATA (../shared/data). A response keeps no stretch of its
     prompt: each is stored as {prompt[a:b]} and put back here."""
     import hashlib
