@@ -176,9 +176,10 @@ def test_refusal_judge_on_the_suites_own_answers_it_never_saw(cached):
 
 @pytest.mark.real_model
 @pytest.mark.slow
-def test_refusal_judge_on_two_models_it_never_saw(cached):
+def test_refusal_judge_on_two_settings_it_never_saw(cached):
     """refusal_suite_answers3.jsonl: 240 answers of the untrained SmolLM2 to the full suites, alone and
-    behind the model gate, drawn after the refit and labelled blind. Measured once (README,
+    behind the model gate (its answers to the suites' prompts were never fitted on, its answers to
+    its own questions were), drawn after the refit and labelled blind. Measured once (README,
     Evaluation): each model's judged refusal rate within 5 points (-3.3 and -4.2); on the gate's
     AdvBench answers, some of which comply after the refusal opener, the rules read 100% refused
     against a true 83.3%, the judge 83.3%. Slow (about 2 min: the model reads 240 pairs)."""
