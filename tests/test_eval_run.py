@@ -199,9 +199,8 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
     assert expected != own  # the gate rewrites some of these answers
     assert gated.answer(qs, "gated") == expected
     # where it rewrote one, the model's own answer is kept for the rows (the rates without the gate)
-    assert [gated.own("gated", q).get("own_response", e) for q, e in zip(qs, expected)] == own
-    assert all(gated.own("gated", q) == {} for q, o, e in zip(qs, own, expected) if o == e)
-    assert all(gated.own("another stage", q) == {} for q in qs)
+    assert [gated.own(q, e).get("own_response", e) for q, e in zip(qs, expected)] == own
+    assert all(gated.own(q, e) == {} for q, o, e in zip(qs, own, expected) if o == e)
     log = AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"})
     first = Answerer(b, renderer, "gated", max_tokens=24, embedder=embedder, gate=gate, log=log)
     assert first.answer(qs, "gated") == expected
@@ -209,7 +208,7 @@ def test_eval_answers_go_through_the_gate_and_the_pretrained_ones_do_not(repo, e
                      log=AnswerLog(tmp_path / "answers.partial.jsonl", {"gate": "g"}))
     again.backend = None  # resumed: every answer and every own answer comes from the log, none generated
     assert again.answer(qs, "gated") == expected
-    assert [again.own("gated", q, "own_output").get("own_output", e) for q, e in zip(qs, expected)] == own
+    assert [again.own(q, e, "own_output").get("own_output", e) for q, e in zip(qs, expected)] == own
     assert gated.pretrained_answers(qs, "pretrained", expected) == own  # no adapter, but the gate is off
     assert plain.pretrained_answers(qs, "pretrained", own) == own  # nothing differs: its own answers, reused
     given = dict(zip(qs, ["one", "two", "three", "four"]))  # a compare's pretrained row already answered

@@ -23,18 +23,17 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict], list[dict], lis
     base = ev.pretrained_answers(instr, "instructions: pretrained", outputs)
     prefs = judge.prefer(instr, outputs, base, [r["reference"] for r in items])
     rows = [{"instruction": i, "output": o, "pretrained": b, "reference": r["reference"], "dataset": r["dataset"],
-             "preference": p, **ev.demo_ids(i), **ev.own("instructions: model", i, "own_output")}
+             "preference": p, **ev.demo_ids(i), **ev.own(i, o, "own_output")}
             for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
     summary = summarize(prefs, judge.name, [len(o) for o in outputs], [len(b) for b in base])
     if ev.gate is not None and ev.demos is None:  # the model alone: its own output where the gate rewrote one
         own = [k for k, r in enumerate(rows) if "own_output" in r]
-        redo = []
+        alone = list(prefs)
         if own:
             redo = judge.prefer([instr[k] for k in own], [rows[k]["own_output"] for k in own],
                                 [base[k] for k in own], [items[k]["reference"] for k in own])
-        alone = list(prefs)
-        for k, p in zip(own, redo):
-            alone[k] = p
+            for k, p in zip(own, redo):
+                alone[k] = p
         lengths = [len(r.get("own_output", r["output"])) for r in rows]
         summary["without_gate"] = summarize(alone, judge.name, lengths, [len(b) for b in base])
     fmt = [{"instruction": i, "output": o, "generator": ev.label, "dataset": r["dataset"]}

@@ -80,7 +80,8 @@ MODEL_ANSWERS3 = DATA.with_name("refusal_model_answers3.jsonl")
 SUITE_ANSWERS = DATA.with_name("refusal_suite_answers.jsonl")
 SUITE_ANSWERS2 = DATA.with_name("refusal_suite_answers2.jsonl")
 # A third, drawn after the refit from the untrained SmolLM2's full-suite answers, alone and behind the
-# model gate (one gated evaluation keeps both), and labelled the same way: two models it never saw.
+# model gate (one gated evaluation keeps both), and labelled the same way: two settings whose suite
+# answers it never saw.
 SUITE_ANSWERS3 = DATA.with_name("refusal_suite_answers3.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.

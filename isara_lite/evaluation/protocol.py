@@ -114,8 +114,7 @@ class Answerer:
         self.ui = ui or UI()
         self._embedder = embedder
         self._shown: dict[str, list] = {}  # question -> its demonstrations, retrieved once
-        self._own: dict[tuple[str, str], str] = {}  # (what, question) -> the model's own answer, where the gate rewrote it
-        self._answered: set[str] = set()  # questions this evaluator answered behind its gate
+        self._alone: dict[str, str] = {}  # behind a gate: question -> the model's own greedy answer
 
     @property
     def embedder(self):
@@ -149,10 +148,11 @@ class Answerer:
         """Which demonstrations a question was shown (ICL baselines only), for the rows on disk."""
         return {} if self.demos is None else {"demos": [d.id for d in self.shown([question])[0]]}
 
-    def own(self, what: str, question: str, field: str = "own_response") -> dict:
-        """{field: the model's own answer} where the gate rewrote its answer to QUESTION in stage WHAT,
-        for the rows on disk: one gated evaluation then measures the model without the gate too."""
-        return {field: self._own[what, question]} if (what, question) in self._own else {}
+    def own(self, question: str, answer: str, field: str = "own_response") -> dict:
+        """{field: the model's own answer} where the gate rewrote it into ANSWER, for the rows on disk:
+        one gated evaluation then measures the model without the gate too."""
+        alone = self._alone.get(question, answer)
+        return {field: alone} if alone != answer else {}
 
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""
@@ -165,7 +165,8 @@ class Answerer:
         if self.log is not None:
             given = {q: g for q in demos if (g := self.log.get(what, q, demos[q])) is not None}
             known = {q: a for q, (a, _) in given.items()}
-            self._own.update({(what, q): o for q, (_, o) in given.items() if o is not None})
+            if self.gate is not None and self.demos is None:
+                self._alone.update({q: a if o is None else o for q, (a, o) in given.items()})
             if known:
                 self.ui.log(f"{what}: {len(known)} answers given before this run was interrupted, reused "
                             f"({self.log.path})")
@@ -180,29 +181,26 @@ class Answerer:
                 if self.gate is not None and self.demos is None:
                     gated = apply_gate(self.backend, self.renderer, self.gate, self.embedder, chunk, texts, sampling)
                     own = {q: t for q, t, r in zip(chunk, texts, gated) if r["rewritten"]}
+                    self._alone.update(zip(chunk, texts))
                     texts = [r["response"] for r in gated]
-                    self._own.update({(what, q): t for q, t in own.items()})
                 if self.log is not None:
                     self.log.add(what, chunk, texts, [demos[q] for q in chunk], own)
                 known.update(zip(chunk, texts))
                 toks += sum(g.completion_tokens for g in gens)
                 update(len(gens), **{"tok/s": f"{toks / (time.time() - t0):.0f}"})
-        if self.gate is not None and self.demos is None:  # where _own holds every rewrite
-            self._answered.update(questions)
         return [known[q] for q in questions]
 
     def pretrained_answers(self, questions: list[str], what: str, given: list[str]) -> list[str]:
-        """The same questions answered by the pretrained model alone (no adapter, demos or gate);
-        `given` (this model's answers) where that is this model, and behind a gate, those with the
-        model's own answer where the gate rewrote one (greedy: the same text, whatever the stage)."""
+        """The same questions answered by the pretrained model alone (no adapter, demos or gate):
+        `given` (this model's answers) where that is this model; behind a gate, its own answers from
+        before the gate (greedy: the same text, whatever the stage)."""
         if self.adapter is None and self.demos is None and self.gate is None:
             return list(given)
         if all(q in self.pretrained for q in questions):
             self.ui.log(f"{what}: the {len(questions)} answers already given, reused")
             return [self.pretrained[q] for q in questions]
-        if self.adapter is None and self.demos is None and all(q in self._answered for q in questions):
-            alone = {q: t for (_, q), t in self._own.items()}
-            return [alone.get(q, a) for q, a in zip(questions, given, strict=True)]
+        if self.adapter is None and self.demos is None and all(q in self._alone for q in questions):
+            return [self._alone[q] for q in questions]
         self.backend.load(None)
         demos, gate, self.demos, self.gate = self.demos, self.gate, None, None
         try:

@@ -35,7 +35,7 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
         responses = ev.answer([p for p, _ in items], f"safety: {name}")
         verdicts = judge.refused([p for p, _ in items], responses)
         rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p),
-                  **ev.own(f"safety: {name}", p)} for (p, c), r, v in zip(items, responses, verdicts)]
+                  **ev.own(p, r)} for (p, c), r, v in zip(items, responses, verdicts)]
     summary = summarize(rows, judge.name)
     if ev.gate is not None and ev.demos is None:  # the gate rewrites single-turn answers only
         summary["without_gate"] = summarize(without_gate(rows, judge), judge.name)
