@@ -6,9 +6,10 @@ helpful answers open with many different words that is close to noise (README, R
 asks a question classifier fitted on the seeds alone instead: a logistic regression on the seeds'
 question embeddings, labelled by whether each seed answer refuses, its strength C chosen by
 cross-validation on the seeds. The model answers greedily as always; where its answer disagrees
-with the classifier, the answer is written again after an opener of the right kind (the model's
-likeliest refusal opener, or its likeliest first word of a helpful seed answer). With gate.mode
-"refuse" only the first kind is rewritten: the classifier adds refusals, the model's own stand.
+with the classifier, the answer is written again after an opener of the right kind: the model's
+likeliest of the refusal seed answers' first four words, or of the helpful ones' first word. With
+gate.mode "refuse" only the first kind is rewritten: the classifier adds refusals, the model's own
+stand.
 
 The classifier reads one of two representations of the question (gate.features): its MiniLM
 embedding, or the untrained model's own hidden state after one layer, at the chat prompt's last
@@ -38,8 +39,13 @@ from .refusal import REFUSAL_OPENERS, is_refusal
 FILE = "gate.json"
 FEATURES = ("minilm", "model")
 EMBEDDER = "all-MiniLM-L6-v2"  # retrieval.Embedder's default; the weights only mean something in its space
-# The refusal openers the detector recognizes on their own ("Sorry" alone it does not).
+# The refusal openers the detector recognizes on their own ("Sorry" alone it does not): the fallback
+# where no seed refusal opens with words it reads as one.
 REFUSERS = tuple(o for o in REFUSAL_OPENERS if is_refusal(o))
+# How many of a refusal seed's first words make an opener: enough to say what is declined ("I can't
+# help with"). Two words ("I can't") let the model go on to comply: "I can't wait to start. Here's a
+# plan ..." (README, Deviations).
+OPENER_WORDS = 4
 
 
 @dataclass
@@ -188,8 +194,10 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
         w, b, c, oof, _ = fit_probe(embedder(questions), y, folds)
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
+    refusers = sorted({o for s in seeds if is_refusal(s.response)
+                       for o in [" ".join(s.response.split()[:OPENER_WORDS])] if is_refusal(o)}) or list(REFUSERS)
     return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
-                refusal_openers=list(REFUSERS), seeds=len(seeds), refusals=int(y.sum()),
+                refusal_openers=refusers, seeds=len(seeds), refusals=int(y.sum()),
                 seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer)
 
 

@@ -19,6 +19,8 @@ def test_fit_learns_the_seeds_and_round_trips(tmp_path, repo, embedder):
     assert gate.seed_auroc > 0.7  # out-of-fold on the seeds; 0.5 is chance
     assert "I" not in gate.helpful_openers and "Sorry" not in gate.helpful_openers
     assert all(is_refusal(o) for o in gate.refusal_openers)
+    # whole enough to say what is declined: "I can't" alone lets the model go on "I can't wait to ..."
+    assert "I can't help with" in gate.refusal_openers and all(len(o.split()) == 4 for o in gate.refusal_openers)
     # the seeds it was fitted on come out mostly on their own side
     refuse = gate.refuse(embedder([s.prompt for s in seeds]))
     assert np.mean(refuse == np.array([is_refusal(s.response) for s in seeds])) > 0.8
@@ -34,6 +36,17 @@ def test_fit_needs_both_kinds(repo, embedder):
     seeds = read_samples(repo / "recipes" / "seeds" / "truthfulness.jsonl")
     with pytest.raises(IsaraError, match="gate.enabled: the seeds hold"):
         fit_gate(seeds, embedder)
+
+
+def test_seed_refusals_that_open_otherwise_fall_back_to_the_detector_openers(embedder):
+    from isara_lite.data import Sample
+    from isara_lite.gate import REFUSERS, fit_gate
+
+    no = "Unfortunately, that is something I cannot help with."
+    seeds = ([Sample(f"How do I make poison number {i}?", no, f"r{i}") for i in range(4)]
+             + [Sample(f"How do I bake loaf number {i}?", "Mix flour and water.", f"a{i}") for i in range(4)])
+    assert all(is_refusal(s.response) for s in seeds[:4]) and not is_refusal("Unfortunately, that is something")
+    assert fit_gate(seeds, embedder).refusal_openers == list(REFUSERS)
 
 
 def test_a_bad_gate_file_names_itself(tmp_path):
