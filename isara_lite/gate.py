@@ -7,7 +7,8 @@ asks a question classifier fitted on the seeds alone instead: a logistic regress
 question embeddings, labelled by whether each seed answer refuses, its strength C chosen by
 cross-validation on the seeds. The model answers greedily as always; where its answer disagrees
 with the classifier, the answer is written again after an opener of the right kind: the model's
-likeliest of the refusal seed answers' first four words, or of the helpful ones' first word. With
+likeliest of the refusal seed answers' first four words (a refusal so written ends with its first
+sentence), or of the helpful ones' first word. With
 gate.mode "refuse" only the first kind is rewritten: the classifier adds refusals, the model's own
 stand.
 
@@ -25,7 +26,8 @@ exported model does not get it (README, Deviations).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,8 @@ REFUSERS = tuple(o for o in REFUSAL_OPENERS if is_refusal(o))
 # help with"). Two words ("I can't") let the model go on to comply: "I can't wait to start. Here's a
 # plan ..." (README, Deviations).
 OPENER_WORDS = 4
+REFUSAL_TOKENS = 64  # room for one sentence
+_SENTENCE = re.compile(r"(.*?[.!?])(?=\s|$)", re.S)
 
 
 @dataclass
@@ -221,11 +225,21 @@ def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], an
             openers |= dict(zip(idx, _likeliest(backend, [prompts[i] for i in idx], kind)))
     out = [{"response": a, "refused": is_refusal(a), "gate_refuses": bool(r), "rewritten": False}
            for a, r in zip(answers, refuse)]
-    if redo:
-        for i, g in zip(redo, backend.generate([prompts[i] + openers[i] for i in redo], sampling)):
+    for want in (True, False):
+        idx = [i for i in redo if bool(refuse[i]) == want]
+        # A written refusal ends with its first sentence: after it the small model often turns to
+        # comply ("... unable to help. However, here is how ..."; README, Deviations).
+        how = replace(sampling, max_tokens=min(sampling.max_tokens, REFUSAL_TOKENS)) if want else sampling
+        for i, g in zip(idx, backend.generate([prompts[i] + openers[i] for i in idx], how) if idx else []):
             text = cut(openers[i] + g.text)
+            text = first_sentence(text) if want else text
             out[i] |= {"response": text, "refused": is_refusal(text), "rewritten": True}
     return out
+
+
+def first_sentence(text: str) -> str:
+    m = _SENTENCE.match(text)
+    return m.group(1) if m else text
 
 
 def choose_gate(option: str | None, adapter: Path | None) -> Gate | None:
