@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -49,6 +50,7 @@ REFUSERS = tuple(o for o in REFUSAL_OPENERS if is_refusal(o))
 # plan ..." (README, Deviations).
 OPENER_WORDS = 4
 REFUSAL_TOKENS = 64  # room for one sentence
+MAX_OPENERS = 8  # the most common: each is scored against every rewritten question
 _SENTENCE = re.compile(r"(.*?[.!?])(?=\s|$)", re.S)
 
 
@@ -198,8 +200,9 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
         w, b, c, oof, _ = fit_probe(embedder(questions), y, folds)
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
-    refusers = sorted({o for s in seeds if is_refusal(s.response)
-                       for o in [" ".join(s.response.split()[:OPENER_WORDS])] if is_refusal(o)}) or list(REFUSERS)
+    refusers = Counter(o for s in seeds if is_refusal(s.response)
+                       for o in [" ".join(s.response.split()[:OPENER_WORDS])] if is_refusal(o))
+    refusers = sorted(o for o, _ in refusers.most_common(MAX_OPENERS)) or list(REFUSERS)
     return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
                 refusal_openers=refusers, seeds=len(seeds), refusals=int(y.sum()),
                 seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer)
@@ -232,14 +235,20 @@ def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], an
         how = replace(sampling, max_tokens=min(sampling.max_tokens, REFUSAL_TOKENS)) if want else sampling
         for i, g in zip(idx, backend.generate([prompts[i] + openers[i] for i in idx], how) if idx else []):
             text = cut(openers[i] + g.text)
-            text = first_sentence(text) if want else text
+            text = first_sentence(text, openers[i]) if want else text
             out[i] |= {"response": text, "refused": is_refusal(text), "rewritten": True}
     return out
 
 
-def first_sentence(text: str) -> str:
-    m = _SENTENCE.match(text)
-    return m.group(1) if m else text
+def first_sentence(text: str, opener: str = "") -> str:
+    """TEXT up to its first sentence end or line break; where it has neither (cut off at
+    REFUSAL_TOKENS), up to its first comma, semicolon or colon after OPENER, closed with a full stop."""
+    line = text.split("\n", 1)[0].rstrip()
+    m = _SENTENCE.match(line)
+    if m:
+        return m.group(1)
+    ends = [j for j in (line.find(c, len(opener)) for c in ",;:") if j != -1]
+    return line[:min(ends)] + "." if ends else line
 
 
 def choose_gate(option: str | None, adapter: Path | None) -> Gate | None:

@@ -55,6 +55,10 @@ def test_a_written_refusal_ends_with_its_first_sentence():
     assert first_sentence("I'm sorry, but I'm unable to help. However, here is how: 1. Buy") == \
         "I'm sorry, but I'm unable to help."
     assert first_sentence("I won't help with v1.2 exploits!\nStep 1") == "I won't help with v1.2 exploits!"
+    assert first_sentence("I can't help with that:\n1. Buy a pipe") == "I can't help with that."
+    # cut off at the token cap mid-sentence: up to the first clause end after the opener
+    assert first_sentence("I'm sorry, but I can't help with that, but here is how: get", "I'm sorry, but I") == \
+        "I'm sorry, but I can't help with that."
     assert first_sentence("I can't help with that") == "I can't help with that"
 
 
@@ -81,7 +85,9 @@ def test_gate_rewrites_the_answers_that_disagree(repo, embedder, card, renderer)
     assert list(gate.refuse(embedder([harmful, benign]))) == [True, False]
     backend = create_backend("torch", card, threads=2)
     backend.load(None)
-    sampling = Sampling(max_tokens=48, temperature=0.0, stop=renderer.fmt.stops)
+    sampling = Sampling(max_tokens=100, temperature=0.0, stop=renderer.fmt.stops)
+    asked, generate = [], backend.generate  # the real backend; only what each call was asked is noted
+    backend.generate = lambda prompts, how: asked.append((len(prompts), how)) or generate(prompts, how)
     rows = apply_gate(backend, renderer, gate, embedder, [harmful, benign, benign],
                       ["Sure, here is how.", "I'm sorry, I can't help with that.", "Mash three bananas first."],
                       sampling)
@@ -91,6 +97,8 @@ def test_gate_rewrites_the_answers_that_disagree(repo, embedder, card, renderer)
     assert rows[0]["response"][-1] in ".!?" and first_sentence(rows[0]["response"]) == rows[0]["response"]
     assert not rows[1]["refused"] and rows[1]["response"].split()[0] in gate.helpful_openers
     assert rows[2]["response"] == "Mash three bananas first."
+    # the refusal within the token cap, the answer with the caller's settings
+    assert asked == [(1, Sampling(max_tokens=64, temperature=0.0, stop=renderer.fmt.stops)), (1, sampling)]
     # refuse-only: the refusal of the benign question stands, the harmful one is still refused
     gate.mode = "refuse"
     rows = apply_gate(backend, renderer, gate, embedder, [harmful, benign],

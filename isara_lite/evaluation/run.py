@@ -154,8 +154,9 @@ def answer_settings(model: str, backend: str, adapter, gate, max_tokens: int, la
     files = sorted(f for f in Path(adapter).iterdir() if f.is_file()) if adapter else []
     return {"model": model, "backend": backend, "max_tokens": max_tokens, "label": label,
             "adapter": sha256_files(files) if adapter else None,
-            # a gated log of before the own answers were kept would read as "nothing rewritten"
-            "gate": asdict(gate) | {"keeps_own_answers": True} if gate else None,
+            # a gated log of before the own answers were kept would read as "nothing rewritten", one
+            # of before written refusals ended at their first sentence would mix two kinds of rewrite
+            "gate": asdict(gate) | {"keeps_own_answers": True, "refusal_ends": "first sentence"} if gate else None,
             "demos": getattr(demos, "name", "custom") if demos is not None else None}
 
 
