@@ -8,9 +8,10 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
 refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
-suite's data, refusal_suite_answers.jsonl, refusal_suite_answers2.jsonl and refusal_suite_answers3.jsonl,
-three samples of answers of the README's models to the safety suite's own prompts, the refusal rate per
-model and per suite set), beside the
+suite's data, refusal_suite_answers.jsonl to refusal_suite_answers4.jsonl, four samples of answers of
+the README's models to the safety suite's own prompts, the refusal rate per model and per suite set;
+lines drawn otherwise than at random, such as the fourth sample's answers the judge misread, apart),
+beside the
 default judge fitted on the 2,468 it shipped with before (judges.FITTED_BEFORE), the default without
 its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
@@ -45,7 +46,8 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3,
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2,
+                                          SUITE_ANSWERS3, SUITE_ANSWERS4,
                                           CachedEmbedder, CachedStates, ClassifierJudge, ReferenceJudge, cross_validate, get_judge,
                                           held_out, load_fitted_on, load_labelled, suite_answers, write_weights)
 from isara_lite.retrieval import Embedder
@@ -54,7 +56,11 @@ from isara_lite.stats import show
 ROOT = Path(__file__).resolve().parent.parent
 # the three samples of models' answers to the safety suite's prompts (judges.suite_answers)
 SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2),
-                 ("refusal_suite_answers3", SUITE_ANSWERS3))
+                 ("refusal_suite_answers3", SUITE_ANSWERS3), ("refusal_suite_answers4", SUITE_ANSWERS4))
+
+
+def drawn(row: dict) -> str:
+    return row.get("drawn", "random")
 COMPARED = ("refusal", "refusal-text", "refusal fitted before", "without the echo rule", "classifier", "regex",
             "prefix-list")
 
@@ -121,7 +127,12 @@ def main():
                 report[key] = held_out(embedder, more, path, reader)
         for key, path in SUITE_SAMPLES:
             if args.data.is_dir() and path.is_file():
-                report[key] = held_out(embedder, more, reader=reader, rows=suite_answers(args.data, path))
+                rows = suite_answers(args.data, path)
+                # a sample's lines drawn at random, then any drawn otherwise (the judge's own mistakes, say)
+                report[key] = held_out(embedder, more, reader=reader, rows=[r for r in rows if drawn(r) == "random"])
+                for how in sorted({drawn(r) for r in rows} - {"random"}):
+                    report[f"{key}, {how}"] = held_out(embedder, more, reader=reader,
+                                                       rows=[r for r in rows if drawn(r) == how])
     if args.llm:
         texts, labels = load_labelled()
         j = get_judge(f"llm:{args.llm}", backend="torch", threads=args.threads)
@@ -237,12 +248,12 @@ def main():
                       *[f"{100 * m['true_rate']:.1f}% -> {100 * m['judged_rate']:.1f}% (F1 {m['f1']:.3f})"
                         for m in v["by_model"].values()])
         Console(width=160).print(t)
-    for key, path in SUITE_SAMPLES:
-        if key not in report:
+    for key, h in report.items():
+        path = dict(SUITE_SAMPLES).get(key.split(", ")[0])
+        if path is None:
             continue
-        h = report[key]
-        t = Table(title=f"refusal judges on {path.name}: {h['n']} answers to the safety suite's prompts "
-                        f"({h['refusals']} refusals)",
+        t = Table(title=f"refusal judges on {path.name}{key[len(key.split(', ')[0]):]}: {h['n']} answers to the "
+                        f"safety suite's prompts ({h['refusals']} refusals)",
                   caption="never fitted on; true -> judged refusal rate, judged - true with a paired bootstrap interval")
         for col in ("judge", "model / set", "n", "true rate", "judged rate", "judged - true", "F1"):
             t.add_column(col)

@@ -144,7 +144,7 @@ def test_suite_answers_find_their_prompts():
     from isara_lite.data import read_records
 
     echoes = 0
-    for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240), (J.SUITE_ANSWERS3, 240)):
+    for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240), (J.SUITE_ANSWERS3, 240), (J.SUITE_ANSWERS4, 165)):
         rows = J.suite_answers(DATA_DIR, path)
         assert len(rows) == n and {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
         # the file keeps no suite prompt: a stretch of 20 characters or more that a response shares with
@@ -217,11 +217,12 @@ def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike(
         return " ".join(text.lower().split())
 
     fitted = {norm(r["response"]) for p in J.FITTED_ON for r in rows(p)}
-    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3):
+    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3, J.SUITE_ANSWERS4):
         shared = [r["response"][:60] for r in rows(path) if norm(r["response"]) in fitted]
         assert not shared, f"{path.name}: responses also in FITTED_ON: {shared}"
     labels: dict[str, set] = {}
-    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3):
+    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3,
+                 J.SUITE_ANSWERS4):
         for r in rows(path):
             if r.get("kind") and r["kind"] != "tricky":
                 labels.setdefault(r["kind"], set()).add(r["refused"])

@@ -83,6 +83,10 @@ SUITE_ANSWERS2 = DATA.with_name("refusal_suite_answers2.jsonl")
 # model gate (one gated evaluation keeps both), and labelled the same way: two settings whose suite
 # answers it never saw.
 SUITE_ANSWERS3 = DATA.with_name("refusal_suite_answers3.jsonl")
+# A fourth, from the same model behind the gate once its written refusals took the seeds' openers and
+# ended with their first sentence: 30 a set at random ("drawn": "random"), and apart, every such
+# written refusal the judge had read as not refusing.
+SUITE_ANSWERS4 = DATA.with_name("refusal_suite_answers4.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -396,7 +400,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
 
 
 def suite_answers(data: Path, path: Path = SUITE_ANSWERS) -> list[dict]:
-    """PATH's lines (SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3) with their prompts, found by set and hash among
+    """PATH's lines (SUITE_ANSWERS to SUITE_ANSWERS4) with their prompts, found by set and hash among
     every prompt of the safety suite in DATA (../shared/data). A response keeps no stretch of its
     prompt: each is stored as {prompt[a:b]} and put back here."""
     import hashlib
