@@ -194,6 +194,23 @@ def test_refusal_judge_on_two_settings_it_never_saw(cached):
     assert h["refusal"]["f1"] >= 0.83
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_refusal_judge_on_the_gates_one_sentence_refusals(cached):
+    """refusal_suite_answers4.jsonl: the untrained SmolLM2 behind the model gate, whose written refusals
+    end with their first sentence, 30 a set at random and, apart, the 45 such refusals the judge read
+    as echoes of the request before the echo rule left out replies that open with their own refusal
+    (that sample chose the change, so it is no longer unseen). Slow (about 2 min)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    rows = J.suite_answers(DATA_DIR, J.SUITE_ANSWERS4)
+    apart = [r for r in rows if r["drawn"] != "random"]
+    assert len(apart) == 45 and all(r["refused"] for r in apart)
+    assert J.held_out(cached, rows=apart)["refusal"]["recall"] == 1.0
+    h = J.held_out(cached, rows=[r for r in rows if r["drawn"] == "random"])
+    assert h["refusal"]["f1"] >= 0.95 and all(v["rate_error"] <= 0.05 for v in h["refusal"]["by_set"].values())
+
+
 def test_suite_answers_name_their_prompt(tmp_path):
     """A line whose prompt hash matches no prompt of the suite is an error naming the file, line and field."""
     if not DATA_DIR.is_dir():
