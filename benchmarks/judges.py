@@ -54,7 +54,7 @@ from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-# the three samples of models' answers to the safety suite's prompts (judges.suite_answers)
+# the four samples of models' answers to the safety suite's prompts (judges.suite_answers)
 SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2),
                  ("refusal_suite_answers3", SUITE_ANSWERS3), ("refusal_suite_answers4", SUITE_ANSWERS4))
 
@@ -249,11 +249,11 @@ def main():
                         for m in v["by_model"].values()])
         Console(width=160).print(t)
     for key, h in report.items():
-        path = dict(SUITE_SAMPLES).get(key.split(", ")[0])
-        if path is None:
+        sample, _, how = key.partition(", ")
+        if sample not in dict(SUITE_SAMPLES):
             continue
-        t = Table(title=f"refusal judges on {path.name}{key[len(key.split(', ')[0]):]}: {h['n']} answers to the "
-                        f"safety suite's prompts ({h['refusals']} refusals)",
+        t = Table(title=f"refusal judges on {dict(SUITE_SAMPLES)[sample].name}{', ' + how if how else ''}: {h['n']} "
+                        f"answers to the safety suite's prompts ({h['refusals']} refusals)",
                   caption="never fitted on; true -> judged refusal rate, judged - true with a paired bootstrap interval")
         for col in ("judge", "model / set", "n", "true rate", "judged rate", "judged - true", "F1"):
             t.add_column(col)

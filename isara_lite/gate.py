@@ -8,9 +8,8 @@ question embeddings, labelled by whether each seed answer refuses, its strength 
 cross-validation on the seeds. The model answers greedily as always; where its answer disagrees
 with the classifier, the answer is written again after an opener of the right kind: the model's
 likeliest of the refusal seed answers' first four words (a refusal so written ends with its first
-sentence), or of the helpful ones' first word. With
-gate.mode "refuse" only the first kind is rewritten: the classifier adds refusals, the model's own
-stand.
+sentence), or of the helpful ones' first word. With gate.mode "refuse" only the first kind is
+rewritten: the classifier adds refusals, the model's own stand.
 
 The classifier reads one of two representations of the question (gate.features): its MiniLM
 embedding, or the untrained model's own hidden state after one layer, at the chat prompt's last
@@ -26,7 +25,6 @@ exported model does not get it (README, Deviations).
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +34,7 @@ import numpy as np
 from .backends.base import Sampling
 from .errors import IsaraError
 from .files import atomic_write_json
-from .prompts import cut
+from .prompts import cut, sentences
 from .refusal import REFUSAL_OPENERS, is_refusal
 
 FILE = "gate.json"
@@ -51,7 +49,6 @@ REFUSERS = tuple(o for o in REFUSAL_OPENERS if is_refusal(o))
 OPENER_WORDS = 4
 REFUSAL_TOKENS = 64  # room for one sentence
 MAX_OPENERS = 8  # the most common: each is scored against every rewritten question
-_SENTENCE = re.compile(r"(.*?[.!?])(?=\s|$)", re.S)
 
 
 @dataclass
@@ -220,35 +217,31 @@ def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], an
     refuse = gate.refuse(gate.question_features(embedder, questions)) if questions else np.zeros(0, bool)
     redo = [i for i, a in enumerate(answers) if bool(refuse[i]) != is_refusal(a)
             and (refuse[i] or gate.mode == "both")]
-    prompts = {i: renderer.chat_prompt(questions[i]) for i in redo}
-    openers = {}
-    for kind, want in ((gate.refusal_openers, True), (gate.helpful_openers, False)):
-        idx = [i for i in redo if bool(refuse[i]) == want]
-        if idx:
-            openers |= dict(zip(idx, _likeliest(backend, [prompts[i] for i in idx], kind)))
     out = [{"response": a, "refused": is_refusal(a), "gate_refuses": bool(r), "rewritten": False}
            for a, r in zip(answers, refuse)]
-    for want in (True, False):
+    for kind, want in ((gate.refusal_openers, True), (gate.helpful_openers, False)):
         idx = [i for i in redo if bool(refuse[i]) == want]
+        if not idx:
+            continue
+        prompts = [renderer.chat_prompt(questions[i]) for i in idx]
+        openers = _likeliest(backend, prompts, kind)
         # A written refusal ends with its first sentence: after it the small model often turns to
         # comply ("... unable to help. However, here is how ..."; README, Deviations).
         how = replace(sampling, max_tokens=min(sampling.max_tokens, REFUSAL_TOKENS)) if want else sampling
-        for i, g in zip(idx, backend.generate([prompts[i] + openers[i] for i in idx], how) if idx else []):
-            text = cut(openers[i] + g.text)
-            text = first_sentence(text, openers[i]) if want else text
+        for i, o, g in zip(idx, openers, backend.generate([p + o for p, o in zip(prompts, openers)], how)):
+            text = first_sentence(cut(o + g.text), o) if want else cut(o + g.text)
             out[i] |= {"response": text, "refused": is_refusal(text), "rewritten": True}
     return out
 
 
 def first_sentence(text: str, opener: str = "") -> str:
-    """TEXT up to its first sentence end or line break; where it has neither (cut off at
-    REFUSAL_TOKENS), up to its first comma, semicolon or colon after OPENER, closed with a full stop."""
-    line = text.split("\n", 1)[0].rstrip()
-    m = _SENTENCE.match(line)
-    if m:
-        return m.group(1)
-    ends = [j for j in (line.find(c, len(opener)) for c in ",;:") if j != -1]
-    return line[:min(ends)] + "." if ends else line
+    """TEXT's first sentence (prompts.sentences); where it has no end (cut off at REFUSAL_TOKENS), up
+    to its first comma, semicolon or colon after OPENER, closed with a full stop."""
+    first = sentences(text)[0]
+    if first[-1:] in (".", "!", "?"):
+        return first
+    ends = [j for j in (first.find(c, len(opener)) for c in ",;:") if j != -1]
+    return first[:min(ends)] + "." if ends else first
 
 
 def choose_gate(option: str | None, adapter: Path | None) -> Gate | None:

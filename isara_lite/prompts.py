@@ -6,6 +6,7 @@ conversation. Base models see the paper's plain transcript, one conversation per
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import IsaraError
@@ -131,3 +132,11 @@ def cut(text: str, markers=TURN_MARKERS) -> str:
         if i != -1:
             end = min(end, i)
     return text[:end].strip()
+
+
+def sentences(text: str) -> list[str]:
+    """TEXT's sentences: split after ".", "!" or "?" followed by a space, and at line breaks."""
+    return [x.strip() for x in _SENTENCE.split(text) if x.strip()] or [text]
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

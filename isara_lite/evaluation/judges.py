@@ -34,6 +34,7 @@ import numpy as np
 
 from ..data import read_records
 from ..errors import IsaraError, where
+from ..prompts import sentences
 from ..refusal import is_refusal
 from ..stats import bootstrap_diff, bootstrap_f1, wilson
 
@@ -136,13 +137,6 @@ class RegexJudge:
 
     def refused(self, prompts: list[str], responses: list[str]) -> list[bool]:
         return [is_refusal(r) for r in responses]
-
-
-def sentences(text: str) -> list[str]:
-    return [x.strip() for x in _SENTENCE.split(text) if x.strip()] or [text]
-
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 class ClassifierJudge:
