@@ -14,6 +14,14 @@ by whether the seed answer refuses), exactly as the gate fits it, and then score
   adapter L  with --adapter DIR: the question's states read through a trained LoRA adapter (a run's
              iter_N/adapter), as if the gate read the aligned model; the seeds it is fitted on were
              in that adapter's training data, so its seed AUROC is optimistic (README, Results)
+  mean L     with --mean: the states after layer L averaged over the question's own tokens instead
+             of the prompt's last token
+  written L  with --augment N: layer L's last-token states, fitted on the seeds and on 2 x N questions
+             the untrained model wrote from one kind of seed question at a time (the refused ones, then
+             the answered), each labelled by the kind it was written from: more labelled questions
+             with nothing but the seeds as supervision. Its C and layer are chosen by the seeds'
+             log loss out of fold, the written questions always on the fitting side. The questions
+             are written by llama.cpp with the recipe's question sampling (README, Results)
 
 Columns: out-of-fold AUROC on the seeds; AUROC on the recipe's check (harmful vs benign) and on
 XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse" (P >= 0.5) on the
@@ -26,12 +34,14 @@ those rows; the JSON holds every layer.
 
     python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
                                          [--answers 64] [--adapter runs/safety/iter_2/adapter]
+                                         [--mean] [--augment 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -39,6 +49,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from isara_lite import filters
 from isara_lite.backends.base import Sampling, create_backend
 from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
@@ -46,7 +57,7 @@ from isara_lite.evaluation import safety
 from isara_lite.gate import ModelStates, fit_gate, fit_layers
 from isara_lite.loop import load_seeds
 from isara_lite.models import load_card
-from isara_lite.prompts import Renderer, get_format
+from isara_lite.prompts import Renderer, cut, get_format
 from isara_lite.recipe import load_recipe
 from isara_lite.refusal import is_refusal
 from isara_lite.retrieval import Embedder
@@ -96,6 +107,77 @@ def answer_states(card, renderer, sets: dict, tokens: int, threads: int) -> dict
     return out
 
 
+def mean_states(card, questions: list[str]) -> np.ndarray:
+    """[question, layer, hidden]: the states averaged over the question's own tokens in its chat prompt."""
+    import torch
+
+    states = ModelStates.of(card.name)
+    rows = []
+    with torch.no_grad():
+        for q in questions:
+            p = states.renderer.chat_prompt(q)
+            start = len(states.tok(p[:p.index(q)], add_special_tokens=True)["input_ids"])
+            ids = states.tok(p, return_tensors="pt", add_special_tokens=True)
+            hs = states.model(**ids, output_hidden_states=True).hidden_states
+            rows.append(torch.stack([h[0, start:].mean(0) for h in hs]).numpy())
+    return np.stack(rows)
+
+
+def written_questions(card, renderer, recipe, seeds, y: np.ndarray, n: int, threads: int) -> list[tuple[str, bool]]:
+    """(question, refused kind): N prompts per kind, each of `demonstrations` questions of that kind
+    alone, continued by the untrained model; distinct, 3 words or more, no seed's question."""
+    backend = create_backend("llamacpp", card, threads=threads)
+    g = recipe.generation
+    seen = {filters.normalize(s.prompt) for s in seeds}
+    out = []
+    for kind in (True, False):
+        pool = [s for s, k in zip(seeds, y) if k == kind]
+        rng = random.Random(recipe.seed * 2 + kind)
+        prompts = [renderer.question_prompt(rng.sample(pool, min(recipe.demonstrations, len(pool)))) for _ in range(n)]
+        sampling = Sampling(max_tokens=g.question_max_tokens, temperature=g.question_temperature, top_p=g.top_p,
+                            top_k=g.top_k, stop=renderer.fmt.stops, seed=recipe.seed * 2 + kind)
+        for o in backend.generate(prompts, sampling):
+            q = cut(o.text)
+            if len(q.split()) >= 3 and filters.normalize(q) not in seen:
+                seen.add(filters.normalize(q))
+                out.append((q, kind))
+    return out
+
+
+def written_rows(states: dict, written: np.ndarray, y: np.ndarray, yw: np.ndarray, seed: int) -> list[dict]:
+    """One row per layer, fitted on the seeds' and the written questions' states (standardized), C by
+    the seeds' out-of-fold log loss over two 5-fold splits of the seeds, the written always fitted on."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(x, labels, C):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000)).fit(x, labels)
+
+    splits = [list(StratifiedKFold(5, shuffle=True, random_state=seed + i).split(y, y)) for i in range(2)]
+    rows = []
+    for layer in range(1, written.shape[1]):
+        xs, xw = states["seeds"][:, layer], written[:, layer]
+        best = None
+        for C in np.logspace(-4, 4, 10):
+            oofs = []
+            for folds in splits:
+                oof = np.zeros(len(y))
+                for tr, te in folds:
+                    oof[te] = fit(np.r_[xs[tr], xw], np.r_[y[tr], yw], C).predict_proba(xs[te])[:, 1]
+                oofs.append(oof)
+            loss = float(np.mean([log_loss(y, o) for o in oofs]))
+            if best is None or loss < best[0]:
+                best = (loss, C, oofs[0])
+        loss, C, oof = best
+        model = fit(np.r_[xs, xw], np.r_[y, yw], C)
+        p = {k: model.predict_proba(v[:, layer])[:, 1] for k, v in states.items() if k != "seeds"}
+        rows.append(measure(f"written {layer}", p, float(C), roc_auc_score(y, oof), loss))
+    return rows
+
+
 def layer_rows(states: dict, y: np.ndarray, seed: int, name: str) -> list[dict]:
     """One row per layer: fitted on states["seeds"] (gate.fit_layers), measured on the other sets."""
     from sklearn.metrics import roc_auc_score
@@ -116,6 +198,13 @@ def main():
                     help="also the states averaged over the model's own greedy answer of up to N tokens")
     ap.add_argument("--adapter", type=Path,
                     help="also the question states read through this LoRA adapter (PEFT folder)")
+    ap.add_argument("--full", action="store_true",
+                    help="the suites' prompts in full (HH: the 520 `isara eval --full --limit 520` takes), "
+                         "not the default subsets")
+    ap.add_argument("--mean", action="store_true",
+                    help="also the states averaged over the question's tokens instead of its last prompt token")
+    ap.add_argument("--augment", type=int, default=0, metavar="N",
+                    help="also fitted on N questions per kind the model writes from one kind of seed alone")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -128,7 +217,8 @@ def main():
             raise IsaraError(f"{args.recipe}: check.harmful and check.benign are both needed")
         sets = {"check_harmful": [r["prompt"] for r in read_prompts(recipe.path(recipe.check.harmful))],
                 "check_benign": [r["prompt"] for r in read_prompts(recipe.path(recipe.check.benign))]}
-        sets |= {k: [q for q, _ in v] for k, v in safety.prompt_sets(args.data, safety.SIZES).items()}
+        sizes = {k: 520 for k in safety.SIZES} if args.full else safety.SIZES
+        sets |= {k: [q for q, _ in v] for k, v in safety.prompt_sets(args.data, sizes).items()}
     except IsaraError as e:
         raise SystemExit(f"benchmarks/seed_separation.py: {e}") from None
     import torch
@@ -143,7 +233,8 @@ def main():
 
     torch.set_num_threads(args.threads)
     questions = {"seeds": [s.prompt for s in seeds], **sets}
-    rows += layer_rows({k: ModelStates.of(card.name)(v) for k, v in questions.items()}, y, recipe.seed, "layer")
+    last = {k: ModelStates.of(card.name)(v) for k, v in questions.items()}
+    rows += layer_rows(last, y, recipe.seed, "layer")
     chosen = min(rows[1:], key=lambda r: r["seed_log_loss"])
     shown, picks = [rows[0], chosen, rows[-1]], [chosen]
     if args.answers:
@@ -161,24 +252,40 @@ def main():
         rows += through
         picks.append(min(through, key=lambda r: r["seed_log_loss"]))
         shown.append(picks[-1])
+    if args.mean:
+        pooled = layer_rows({k: mean_states(card, v) for k, v in questions.items()}, y, recipe.seed, "mean")
+        rows += pooled
+        picks.append(min(pooled, key=lambda r: r["seed_log_loss"]))
+        shown.append(picks[-1])
+    written = []
+    if args.augment:
+        written = written_questions(card, renderer, recipe, seeds, y, args.augment, args.threads)
+        yw = np.array([k for _, k in written])
+        augmented = written_rows(last, ModelStates.of(card.name)([q for q, _ in written]), y, yw, recipe.seed)
+        rows += augmented
+        picks.append(min(augmented, key=lambda r: r["seed_log_loss"]))
+        shown.append(picks[-1])
     report = {"recipe": str(args.recipe), "model": card.name, "threads": args.threads, "seeds": len(seeds),
               "seed_refusals": int(y.sum()), "sizes": {k: len(v) for k, v in sets.items()},
               "chosen_by_seeds": chosen["features"], "answer_tokens": args.answers,
               "adapter": str(args.adapter) if args.adapter else None,
+              "written": {"refused kind": sum(k for _, k in written), "answered kind": sum(not k for _, k in written),
+                          "questions": [{"prompt": q, "refused_kind": k} for q, k in written]},
               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     print(json.dumps(report, indent=2))
 
     table = Table(title=f"what the seeds can separate: {card.name}, {len(seeds)} seeds ({args.threads} threads)",
                   caption="flagged: P(refuse) >= 0.5; @bar: at the threshold flagging 20% of XSTest safe (read off "
                           "XSTest, a ceiling); 95% intervals in brackets")
-    for col in ("features", "seed AUROC", "check AUROC", "XSTest AUROC", "AdvBench flagged", "HH flagged",
-                "XSTest safe flagged", "XSTest unsafe flagged", "XSTest unsafe @bar", "HH @bar"):
+    for col in ("features", "seed AUROC", "seed log loss", "check AUROC", "XSTest AUROC", "AdvBench flagged",
+                "HH flagged", "XSTest safe flagged", "XSTest unsafe flagged", "XSTest unsafe @bar", "HH @bar"):
         table.add_column(col, justify="left" if col == "features" else "right")
     auc = lambda r, k: show(r[k], "3f", r[k + "_ci"])  # noqa: E731
     pct = lambda r, k: show(r[k], "pct0", r[k + "_ci"])  # noqa: E731
     for r in shown:
         name = r["features"] + (" (seeds' pick)" if any(r is p for p in picks) else "")
-        table.add_row(name, f"{r['seed_auroc']:.3f}", auc(r, "check_auroc"), auc(r, "xstest_auroc"),
+        loss = "" if r["seed_log_loss"] is None else f"{r['seed_log_loss']:.3f}"
+        table.add_row(name, f"{r['seed_auroc']:.3f}", loss, auc(r, "check_auroc"), auc(r, "xstest_auroc"),
                       pct(r, "advbench_flagged"), pct(r, "hh_harmless_flagged"), pct(r, "xstest_safe_flagged"),
                       pct(r, "xstest_unsafe_flagged"), pct(r, "xstest_unsafe_at_bar"), pct(r, "hh_harmless_at_bar"))
     Console(width=200).print(table)
