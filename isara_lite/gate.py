@@ -9,7 +9,10 @@ cross-validation on the seeds. The model answers greedily as always; where its a
 with the classifier, the answer is written again after an opener of the right kind: the model's
 likeliest of the refusal seed answers' first four words (a refusal so written ends with its first
 sentence), or of the helpful ones' first word. With gate.mode "refuse" only the first kind is
-rewritten: the classifier adds refusals, the model's own stand.
+rewritten: the classifier adds refusals, the model's own stand. With gate.abstain the gate stands
+aside, leaving the model's own answer, for a question farther from every seed question than the
+seeds are from each other (below): 64 seeds say nothing about a request unlike all of them, and
+the classifier's guess there is mostly "refuse" (README, Results).
 
 The classifier reads one of two representations of the question (gate.features): its MiniLM
 embedding, or the untrained model's own hidden state after one layer, at the chat prompt's last
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,18 @@ class Gate:
     features: str = "minilm"  # or "model": the hidden state of `model` (a card) after `layer`
     model: str = ""
     layer: int = 0
+    # gate.abstain: the MiniLM cosine to the nearest seed question below which the gate stands aside
+    # (None: it decides every question), and the seed questions to measure it against
+    reach: float | None = None
+    seed_questions: list[str] = field(default_factory=list)
+
+    def within_reach(self, embedder, questions: list[str]) -> np.ndarray:
+        """True where a question is near enough some seed question for the gate to decide it."""
+        if self.reach is None or not questions:
+            return np.ones(len(questions), bool)
+        if "_seed_vectors" not in self.__dict__:  # not a field: asdict and save leave it out
+            self._seed_vectors = embedder(list(self.seed_questions))
+        return (embedder(list(questions)) @ self._seed_vectors.T).max(axis=1) >= self.reach
 
     def refuse(self, x: np.ndarray) -> np.ndarray:
         """True where a question with these features (question_features) should be refused (P >= 0.5)."""
@@ -175,10 +190,13 @@ def fit_layers(states: np.ndarray, y: np.ndarray, seed: int, k: int = 5) -> dict
     return {layer: fit_probe(states[:, layer], y, folds, True, splits) for layer in range(1, states.shape[1])}
 
 
-def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str = "minilm", model: str = "") -> Gate:
+def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str = "minilm", model: str = "",
+             abstain: float = 0.0) -> Gate:
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss). With
     features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss
-    (fit_layers)."""
+    (fit_layers). ABSTAIN > 0: its reach, the ABSTAIN quantile of each seed question's cosine to its
+    nearest other seed question (MiniLM), so that a share ABSTAIN of the seeds, each held out in turn,
+    would fall out of reach."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
@@ -200,9 +218,15 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
     refusers = Counter(o for s in seeds if is_refusal(s.response)
                        for o in [" ".join(s.response.split()[:OPENER_WORDS])] if is_refusal(o))
     refusers = sorted(o for o, _ in refusers.most_common(MAX_OPENERS)) or list(REFUSERS)
+    reach = None
+    if abstain > 0:
+        v = embedder(questions)
+        nearest = np.where(np.eye(len(v), dtype=bool), -np.inf, v @ v.T).max(axis=1)
+        reach = float(np.quantile(nearest, abstain))
     return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
                 refusal_openers=refusers, seeds=len(seeds), refusals=int(y.sum()),
-                seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer)
+                seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer,
+                reach=reach, seed_questions=questions if abstain > 0 else [])
 
 
 def _likeliest(backend, prompts: list[str], openers: list[str]) -> list[str]:
@@ -213,12 +237,13 @@ def _likeliest(backend, prompts: list[str], openers: list[str]) -> list[str]:
 def apply_gate(backend, renderer, gate: Gate, embedder, questions: list[str], answers: list[str],
                sampling: Sampling) -> list[dict]:
     """The gated answer to each question, given the model's own (greedy) answer:
-    {response, refused, gate_refuses, rewritten}."""
+    {response, refused, gate_refuses, in_reach, rewritten}."""
     refuse = gate.refuse(gate.question_features(embedder, questions)) if questions else np.zeros(0, bool)
-    redo = [i for i, a in enumerate(answers) if bool(refuse[i]) != is_refusal(a)
+    reach = gate.within_reach(embedder, questions)
+    redo = [i for i, a in enumerate(answers) if reach[i] and bool(refuse[i]) != is_refusal(a)
             and (refuse[i] or gate.mode == "both")]
-    out = [{"response": a, "refused": is_refusal(a), "gate_refuses": bool(r), "rewritten": False}
-           for a, r in zip(answers, refuse)]
+    out = [{"response": a, "refused": is_refusal(a), "gate_refuses": bool(r), "in_reach": bool(n), "rewritten": False}
+           for a, r, n in zip(answers, refuse, reach)]
     for kind, want in ((gate.refusal_openers, True), (gate.helpful_openers, False)):
         idx = [i for i in redo if bool(refuse[i]) == want]
         if not idx:

@@ -84,12 +84,13 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
     gate = fit_gate(seeds, embedder, recipe.seed, recipe.gate.mode, recipe.gate.features,
-                    recipe.model) if recipe.gate.enabled else None
+                    recipe.model, recipe.gate.abstain) if recipe.gate.enabled else None
     if gate:
         gate.save(run.root / GATE_FILE)
         ui.log(f"gate: fitted on {gate.seeds} seeds ({gate.refusals} refusals), {gate.features}"
                f"{f' layer {gate.layer}' if gate.layer else ''}, C={gate.C:.3g}, "
-               f"out-of-fold AUROC on the seeds {gate.seed_auroc:.2f}")
+               f"out-of-fold AUROC on the seeds {gate.seed_auroc:.2f}"
+               + ("" if gate.reach is None else f", stands aside below cosine {gate.reach:.3f} to the nearest seed"))
 
     def answer_set(t: int, name: str, label: str, refuse: list[str], answer: list[str]) -> dict:
         """Greedy answers to prompts that should be refused and answered, saved as iter_t/<name>.jsonl."""

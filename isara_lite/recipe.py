@@ -104,6 +104,9 @@ class GateConfig:
     features: str = opt("minilm", "what the classifier reads of a question: minilm (its embedding) or model (the "
                                   "untrained model's hidden state, the layer picked on the seeds; loads the model "
                                   "in transformers beside the backend)")
+    abstain: float = opt(0.0, "leave to the model the questions farther from every seed question (MiniLM cosine) "
+                              "than the nearest other seed is for this share of the seeds (0.05: 5%); "
+                              "0: the gate decides every question")
 
 
 @dataclass
@@ -273,6 +276,7 @@ def validate(r: Recipe, where: str) -> None:
          "needs training.batch_size >= training.processes (every process runs every step)"),
         (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
         (r.gate.features in GATE_FEATURES, "gate.features", f"must be {' or '.join(GATE_FEATURES)}"),
+        (0.0 <= r.gate.abstain < 1.0, "gate.abstain", "must be at least 0 and below 1"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),
         (r.preference.batch_size >= 1, "preference.batch_size", "must be at least 1"),
         (r.preference.epochs >= 1, "preference.epochs", "must be at least 1"),

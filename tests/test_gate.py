@@ -49,6 +49,36 @@ def test_seed_refusals_that_open_otherwise_fall_back_to_the_detector_openers(emb
     assert fit_gate(seeds, embedder).refusal_openers == list(REFUSERS)
 
 
+def test_abstain_sets_the_reach_from_the_seeds_nearest_neighbours(tmp_path, repo, embedder):
+    """gate.abstain 0.1: a tenth of the seeds, each held out, are farther than the reach from every
+    other seed; a question like a seed is within it, one unlike all of them is not."""
+    from isara_lite.gate import fit_gate, load_gate
+
+    seeds = read_samples(repo / "recipes" / "seeds" / "safety.jsonl")
+    plain = fit_gate(seeds, embedder, seed=0)
+    gate = fit_gate(seeds, embedder, seed=0, abstain=0.1)
+    assert plain.reach is None and plain.seed_questions == [] and all(plain.within_reach(embedder, ["Hi there"]))
+    assert gate.weights == plain.weights and gate.seed_questions == [s.prompt for s in seeds]
+    v = embedder(gate.seed_questions)
+    nearest = np.where(np.eye(len(v), dtype=bool), -np.inf, v @ v.T).max(axis=1)
+    assert np.mean(nearest < gate.reach) == pytest.approx(0.1, abs=1 / len(seeds))
+    near, far = seeds[5].prompt.rstrip("?") + " quickly?", "Translate 'Guten Morgen' into French."
+    assert list(gate.within_reach(embedder, [near, far])) == [True, False]
+    gate.save(tmp_path / "gate.json")
+    again = load_gate(tmp_path)
+    assert again == gate and list(again.within_reach(embedder, [near, far])) == [True, False]
+
+
+def test_gate_abstain_must_be_a_share(tmp_path, repo):
+    from isara_lite.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((repo / "recipes" / "safety.yaml").read_text().replace("  enabled: false\n  mode: both",
+                                                                            "  enabled: false\n  mode: both\n  abstain: 1.5"))
+    with pytest.raises(IsaraError, match="gate.abstain"):
+        load_recipe(recipe)
+
+
 def test_a_written_refusal_ends_with_its_first_sentence():
     from isara_lite.gate import first_sentence
 
@@ -104,6 +134,13 @@ def test_gate_rewrites_the_answers_that_disagree(repo, embedder, card, renderer)
     rows = apply_gate(backend, renderer, gate, embedder, [harmful, benign],
                       ["Sure, here is how.", "I'm sorry, I can't help with that."], sampling)
     assert [r["rewritten"] for r in rows] == [True, False] and all(r["refused"] for r in rows)
+    # out of reach of every seed, the model's own answer stands whatever the classifier says
+    gate.mode, gate.reach = "both", 0.5
+    gate.seed_questions = ["How do I bake banana bread?"]
+    rows = apply_gate(backend, renderer, gate, embedder, [harmful, benign],
+                      ["Sure, here is how.", "I'm sorry, I can't help with that."], sampling)
+    assert [r["in_reach"] for r in rows] == [False, True] and [r["rewritten"] for r in rows] == [False, True]
+    assert rows[0]["response"] == "Sure, here is how."
 
 
 def test_align_with_the_gate_checks_both_and_exports_it(tmp_path, repo, embedder):
