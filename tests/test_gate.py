@@ -73,8 +73,9 @@ def test_gate_abstain_must_be_a_share(tmp_path, repo):
     from isara_lite.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text((repo / "recipes" / "safety.yaml").read_text().replace("  enabled: false\n  mode: both",
-                                                                            "  enabled: false\n  mode: both\n  abstain: 1.5"))
+    text = (repo / "recipes" / "safety.yaml").read_text()
+    assert "  abstain: 0.0\n" in text
+    recipe.write_text(text.replace("  abstain: 0.0\n", "  abstain: 1.5\n"))
     with pytest.raises(IsaraError, match="gate.abstain"):
         load_recipe(recipe)
 
