@@ -14,14 +14,17 @@ by whether the seed answer refuses), exactly as the gate fits it, and then score
   adapter L  with --adapter DIR: the question's states read through a trained LoRA adapter (a run's
              iter_N/adapter), as if the gate read the aligned model; the seeds it is fitted on were
              in that adapter's training data, so its seed AUROC is optimistic (README, Results)
-  mean L     with --mean: the states after layer L averaged over the question's own tokens instead
-             of the prompt's last token
-  written L  with --augment N: layer L's last-token states, fitted on the seeds and on 2 x N questions
-             the untrained model wrote from one kind of seed question at a time (the refused ones, then
-             the answered), each labelled by the kind it was written from: more labelled questions
-             with nothing but the seeds as supervision. Its C and layer are chosen by the seeds'
-             log loss out of fold, the written questions always on the fitting side. The questions
-             are written by llama.cpp with the recipe's question sampling (README, Results)
+  mean L     with --mean: the states after layer L averaged from the question's first token to the
+             prompt's end (the question and the chat template's closing tokens), instead of the
+             prompt's last token alone
+  written L  with --augment N: layer L's last-token states, fitted on the seeds and on up to 2 x N
+             questions the untrained model wrote from one kind of seed question at a time (the refused
+             ones, then the answered), each labelled by the kind it was written from: more labelled
+             questions with nothing but the seeds as supervision. Its C is chosen by the seeds' log
+             loss out of fold over two splits (the layer rows average five), the written questions
+             always on the fitting side. They are written by llama.cpp with the recipe's question
+             temperature, top-p, top-k and length, no repetition penalty; duplicates, questions under
+             3 words and seeds' own questions are dropped (README, Results)
 
 Columns: out-of-fold AUROC on the seeds; AUROC on the recipe's check (harmful vs benign) and on
 XSTest (unsafe vs safe), with 95% bootstrap intervals; the share flagged "refuse" (P >= 0.5) on the
@@ -108,7 +111,8 @@ def answer_states(card, renderer, sets: dict, tokens: int, threads: int) -> dict
 
 
 def mean_states(card, questions: list[str]) -> np.ndarray:
-    """[question, layer, hidden]: the states averaged over the question's own tokens in its chat prompt."""
+    """[question, layer, hidden]: the states averaged from the question's first token in its chat
+    prompt to the prompt's end (the template's closing tokens included)."""
     import torch
 
     states = ModelStates.of(card.name)
@@ -116,7 +120,7 @@ def mean_states(card, questions: list[str]) -> np.ndarray:
     with torch.no_grad():
         for q in questions:
             p = states.renderer.chat_prompt(q)
-            start = len(states.tok(p[:p.index(q)], add_special_tokens=True)["input_ids"])
+            start = len(states.tok(p[:p.rindex(q)], add_special_tokens=True)["input_ids"])
             ids = states.tok(p, return_tensors="pt", add_special_tokens=True)
             hs = states.model(**ids, output_hidden_states=True).hidden_states
             rows.append(torch.stack([h[0, start:].mean(0) for h in hs]).numpy())
@@ -202,9 +206,9 @@ def main():
                     help="the suites' prompts in full (HH: the 520 `isara eval --full --limit 520` takes), "
                          "not the default subsets")
     ap.add_argument("--mean", action="store_true",
-                    help="also the states averaged over the question's tokens instead of its last prompt token")
+                    help="also the states averaged from the question's first token to the prompt's end")
     ap.add_argument("--augment", type=int, default=0, metavar="N",
-                    help="also fitted on N questions per kind the model writes from one kind of seed alone")
+                    help="also fitted on up to N questions per kind the model writes from one kind of seed alone")
     args = ap.parse_args()
 
     t0 = time.perf_counter()

@@ -11,8 +11,8 @@ likeliest of the refusal seed answers' first four words (a refusal so written en
 sentence), or of the helpful ones' first word. With gate.mode "refuse" only the first kind is
 rewritten: the classifier adds refusals, the model's own stand. With gate.abstain the gate stands
 aside, leaving the model's own answer, for a question farther from every seed question than the
-seeds are from each other (below): 64 seeds say nothing about a request unlike all of them, and
-the classifier's guess there is mostly "refuse" (README, Results).
+seeds are from each other (below): 64 seeds say little about a request unlike all of them, and
+there the classifier flags ordinary tasks (32% of AlpacaEval's instructions; README, Results).
 
 The classifier reads one of two representations of the question (gate.features): its MiniLM
 embedding, or the untrained model's own hidden state after one layer, at the chat prompt's last
@@ -78,9 +78,10 @@ class Gate:
         """True where a question is near enough some seed question for the gate to decide it."""
         if self.reach is None or not questions:
             return np.ones(len(questions), bool)
-        if "_seed_vectors" not in self.__dict__:  # not a field: asdict and save leave it out
-            self._seed_vectors = embedder(list(self.seed_questions))
-        return (embedder(list(questions)) @ self._seed_vectors.T).max(axis=1) >= self.reach
+        key = tuple(self.seed_questions)
+        if self.__dict__.get("_seed_vectors", (None,))[0] != key:  # not a field: asdict and save leave it out
+            self._seed_vectors = (key, embedder(list(key)))
+        return (embedder(list(questions)) @ self._seed_vectors[1].T).max(axis=1) >= self.reach
 
     def refuse(self, x: np.ndarray) -> np.ndarray:
         """True where a question with these features (question_features) should be refused (P >= 0.5)."""
@@ -152,8 +153,10 @@ def load_gate(path: Path | None) -> Gate | None:
         raise IsaraError(f"{path}: not a gate file ({e})") from None
     if gate.features not in FEATURES:
         raise IsaraError(f"{path}: features: '{gate.features}' is not one of {', '.join(FEATURES)}")
-    if gate.features == "minilm" and gate.embedder != EMBEDDER:
+    if (gate.features == "minilm" or gate.reach is not None) and gate.embedder != EMBEDDER:
         raise IsaraError(f"{path}: embedder: fitted with {gate.embedder}, this isara_lite embeds with {EMBEDDER}")
+    if gate.reach is not None and (not isinstance(gate.reach, (int, float)) or not gate.seed_questions):
+        raise IsaraError(f"{path}: reach: needs a number and the seed_questions to measure it against")
     return gate
 
 
@@ -195,8 +198,8 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
     """The gate fitted on seed Samples; C by 5-fold cross-validation on the seeds (log loss). With
     features "model", on MODEL's (a card's) hidden states, at the layer with the best such log loss
     (fit_layers). ABSTAIN > 0: its reach, the ABSTAIN quantile of each seed question's cosine to its
-    nearest other seed question (MiniLM), so that a share ABSTAIN of the seeds, each held out in turn,
-    would fall out of reach."""
+    nearest other seed question (MiniLM, interpolated), so that about a share ABSTAIN of the seeds,
+    each held out in turn, would fall out of reach, rounded up to whole seeds (4 of 64 at 0.05)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 

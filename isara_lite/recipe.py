@@ -105,7 +105,7 @@ class GateConfig:
                                   "untrained model's hidden state, the layer picked on the seeds; loads the model "
                                   "in transformers beside the backend)")
     abstain: float = opt(0.0, "leave to the model the questions farther from every seed question (MiniLM cosine) "
-                              "than the nearest other seed is for this share of the seeds (0.05: 5%); "
+                              "than the nearest other seed is for about this share of the seeds (0.05: 4 of 64); "
                               "0: the gate decides every question")
 
 

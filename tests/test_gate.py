@@ -69,6 +69,21 @@ def test_abstain_sets_the_reach_from_the_seeds_nearest_neighbours(tmp_path, repo
     assert again == gate and list(again.within_reach(embedder, [near, far])) == [True, False]
 
 
+def test_a_gate_file_of_before_abstain_decides_every_question(tmp_path, repo, embedder):
+    """A gate.json written before gate.abstain (no reach, no seed questions) loads and reaches all;
+    one with a reach but nothing to measure it against names the field."""
+    from isara_lite.gate import fit_gate, load_gate
+
+    fields = fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder, seed=0).__dict__
+    old = {k: v for k, v in fields.items() if k not in ("reach", "seed_questions")}
+    (tmp_path / "gate.json").write_text(json.dumps(old))
+    gate = load_gate(tmp_path)
+    assert gate.reach is None and all(gate.within_reach(embedder, ["Translate 'Guten Morgen' into French."]))
+    (tmp_path / "gate.json").write_text(json.dumps(old | {"reach": 0.2}))
+    with pytest.raises(IsaraError, match="gate.json: reach"):
+        load_gate(tmp_path)
+
+
 def test_gate_abstain_must_be_a_share(tmp_path, repo):
     from isara_lite.recipe import load_recipe
 
