@@ -209,23 +209,21 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
                          f"the gate needs at least 3 of each to learn which questions are refused")
     folds = StratifiedKFold(min(5, int(y.sum()), int((~y).sum())), shuffle=True, random_state=seed)
     questions = [s.prompt for s in seeds]
+    vectors = embedder(questions)  # MiniLM: the features of a minilm gate, and what the reach measures
     if features == "model":
         fits = fit_layers(ModelStates.of(model)(questions), y, seed, folds.n_splits)
         layer = min(fits, key=lambda k: fits[k][4])
         w, b, c, oof, _ = fits[layer]
     else:
         layer, model = 0, ""
-        w, b, c, oof, _ = fit_probe(embedder(questions), y, folds)
+        w, b, c, oof, _ = fit_probe(vectors, y, folds)
     helpful = sorted({s.response.split()[0] for s in seeds if s.response.split() and not is_refusal(s.response)}
                      - {o.split()[0] for o in REFUSAL_OPENERS})
     refusers = Counter(o for s in seeds if is_refusal(s.response)
                        for o in [" ".join(s.response.split()[:OPENER_WORDS])] if is_refusal(o))
     refusers = sorted(o for o, _ in refusers.most_common(MAX_OPENERS)) or list(REFUSERS)
-    reach = None
-    if abstain > 0:
-        v = embedder(questions)
-        nearest = np.where(np.eye(len(v), dtype=bool), -np.inf, v @ v.T).max(axis=1)
-        reach = float(np.quantile(nearest, abstain))
+    nearest = np.where(np.eye(len(vectors), dtype=bool), -np.inf, vectors @ vectors.T).max(axis=1)
+    reach = float(np.quantile(nearest, abstain)) if abstain > 0 else None
     return Gate(weights=[float(v) for v in w], bias=b, C=c, helpful_openers=helpful,
                 refusal_openers=refusers, seeds=len(seeds), refusals=int(y.sum()),
                 seed_auroc=float(roc_auc_score(y, oof)), mode=mode, features=features, model=model, layer=layer,
