@@ -150,13 +150,15 @@ def test_eval_cli_end_to_end(tmp_path):
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public evaluation data not found at {DATA}")
 def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, embedder):
     """`isara eval --gate`: rows the gate rewrote keep the model's own answer, and the results hold the
-    rates of those own answers (judged again) beside the gated ones."""
+    rates of those own answers (judged again) beside the gated ones; behind a gate that stands aside
+    (gate.abstain), its reach and how many questions of each set it decided."""
     from isara_lite.data import read_samples
     from isara_lite.evaluation.judges import RegexJudge
     from isara_lite.evaluation.safety import summarize
     from isara_lite.gate import fit_gate
 
-    fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder).save(tmp_path / "gate.json")
+    gate = fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder, abstain=0.1)
+    gate.save(tmp_path / "gate.json")
     out = tmp_path / "eval"
     r = isara("eval", "--model", tiny_model.build(), "--suite", "all", "--data", DATA, "--limit", "3",
               "--max-tokens", "12", "--threads", "2", "--judge", "regex", "--gate", tmp_path / "gate.json", "--out", out)
@@ -174,7 +176,15 @@ def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, emb
     # the pretrained model's AlpacaEval answers are this model's own, not generated again
     given = [json.loads(x) for x in (out / "instructions.jsonl").read_text().splitlines()]
     assert all(x["pretrained"] == x.get("own_output", x["output"]) for x in given)
-    assert "without_gate" in json.loads((out / "results.json").read_text())["suites"]["instructions"]
+    results = json.loads((out / "results.json").read_text())
+    assert "without_gate" in results["suites"]["instructions"]
+    assert results["gate_reach"] == gate.reach
+    sets = {"advbench": 3, "hh_harmless": 3, "xstest_safe": 3, "xstest_unsafe": 3}
+    assert s["in_reach"] == {k: int(gate.within_reach(embedder, [x["prompt"] for x in rows if x["set"] == k]).sum())
+                             for k in sets}
+    assert all(0 <= n <= 3 for n in s["in_reach"].values()) and sum(s["in_reach"].values()) > 0
+    assert 0 <= results["suites"]["instructions"]["in_reach"]["alpaca_eval"] <= 3
+    assert "safety: questions near enough a seed for the gate to decide (gate.abstain): advbench" in r.stderr
 
 
 @pytest.mark.real_model

@@ -228,7 +228,8 @@ def test_a_gate_file_with_unknown_features_names_the_field(tmp_path, repo, embed
 
 
 def test_align_with_the_model_gate_reads_the_models_states(tmp_path, repo):
-    """The whole path on the tiny model: fitted on its hidden states, checked with, carried by export."""
+    """The whole path on the tiny model: fitted on its hidden states (standing aside far from the seeds:
+    gate.abstain), checked with, carried by export."""
     from conftest import TINY
     from isara_lite.export import export
     from isara_lite.gate import load_gate
@@ -236,11 +237,14 @@ def test_align_with_the_model_gate_reads_the_models_states(tmp_path, repo):
     from isara_lite.recipe import load_recipe
 
     out = tmp_path / "run"
-    recipe = load_recipe(repo / "recipes" / "quickstart.yaml", [*TINY, "gate.enabled=true", "gate.features=model"])
+    recipe = load_recipe(repo / "recipes" / "quickstart.yaml", [*TINY, "gate.enabled=true", "gate.features=model",
+                                                                   "gate.abstain=0.1"])
     summary = align(recipe, out)
     gate = load_gate(out)
     assert gate.features == "model" and gate.model == recipe.model and gate.layer >= 1
+    assert gate.reach is not None and len(gate.seed_questions) == gate.seeds
     assert summary["iterations"][0]["check"]["model"] == "iteration 1 + gate"
     rows = [json.loads(line) for line in (out / "iter_1" / "check.jsonl").read_text().splitlines()]
-    assert all("gate_refuses" in r for r in rows)
+    assert all("gate_refuses" in r for r in rows) and any(r["in_reach"] for r in rows)
+    assert all(not r["rewritten"] for r in rows if not r["in_reach"])
     assert load_gate(export(out, "peft")) == gate

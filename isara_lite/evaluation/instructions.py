@@ -26,6 +26,7 @@ def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict], list[dict], lis
              "preference": p, **ev.demo_ids(i), **ev.own(i, o, "own_output")}
             for i, o, b, r, p in zip(instr, outputs, base, items, prefs)]
     summary = summarize(prefs, judge.name, [len(o) for o in outputs], [len(b) for b in base])
+    summary |= ev.in_reach({"alpaca_eval": instr})
     if ev.gate is not None and ev.demos is None:  # the model alone: its own output where the gate rewrote one
         own = [k for k, r in enumerate(rows) if "own_output" in r]
         alone = list(prefs)

@@ -154,6 +154,13 @@ class Answerer:
         alone = self._alone.get(question, answer)
         return {field: alone} if alone != answer else {}
 
+    def in_reach(self, sets: dict[str, list[str]]) -> dict:
+        """Behind a gate that stands aside (gate.abstain): {"in_reach": {set: how many of its questions
+        the gate decided}}, for results.json; else {}."""
+        if self.gate is None or self.gate.reach is None or self.demos is not None:
+            return {}
+        return {"in_reach": {s: int(self.gate.within_reach(self.embedder, qs).sum()) for s, qs in sets.items()}}
+
     def answer(self, questions: list[str], what: str) -> list[str]:
         """Greedy answers in the model's chat template, cut at the next turn."""
         sampling = Sampling(max_tokens=self.max_tokens, temperature=0.0, stop=self.renderer.fmt.stops)

@@ -118,7 +118,7 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
                   Path(adapter) if adapter else None, pretrained, log)
 
     results = {"model": card.name, "adapter": str(adapter) if adapter else None, "backend": b.name,
-               "gate": the_gate is not None,
+               "gate": the_gate is not None, **({"gate_reach": the_gate.reach} if the_gate else {}),
                "label": label, "max_tokens": max_tokens, "decoding": "greedy", "subset_sizes": sizes,
                **({"demonstrations": getattr(demos, "name", "custom")} if demos is not None else {}),
                "suites": {}, "seconds": {}}
@@ -145,6 +145,9 @@ def evaluate(model: str | None = None, adapter: Path | None = None, run: Path | 
             ui.log(f"{s} without the gate (the model's own answers where it rewrote one): " + ", ".join(
                 f"{c.name} {show(c.value(summary['without_gate']), c.kind, c.stored_ci(summary['without_gate']))}"
                 for c in cols if c.value(summary["without_gate"]) is not None))
+        if "in_reach" in summary:
+            ui.log(f"{s}: questions near enough a seed for the gate to decide (gate.abstain): "
+                   + ", ".join(f"{k} {n}" for k, n in summary["in_reach"].items()))
     ui.log(f"results: {out / 'results.json'}")
     return results
 

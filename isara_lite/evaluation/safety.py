@@ -30,13 +30,13 @@ def prompt_sets(data, sizes: dict) -> dict[str, list[tuple[str, str]]]:
 
 
 def run(ev, data, sizes: dict, judge) -> tuple[dict, list[dict]]:
-    rows = []
-    for name, items in prompt_sets(data, sizes).items():
+    rows, sets = [], prompt_sets(data, sizes)
+    for name, items in sets.items():
         responses = ev.answer([p for p, _ in items], f"safety: {name}")
         verdicts = judge.refused([p for p, _ in items], responses)
         rows += [{"set": name, "category": c, "prompt": p, "response": r, "refused": bool(v), **ev.demo_ids(p),
                   **ev.own(p, r)} for (p, c), r, v in zip(items, responses, verdicts)]
-    summary = summarize(rows, judge.name)
+    summary = summarize(rows, judge.name) | ev.in_reach({n: [p for p, _ in items] for n, items in sets.items()})
     if ev.gate is not None and ev.demos is None:  # the gate rewrites single-turn answers only
         summary["without_gate"] = summarize(without_gate(rows, judge), judge.name)
     return summary, rows
