@@ -171,7 +171,7 @@ def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, emb
     alone = [{**x, "response": x.get("own_response", x["response"]),
               "refused": judge.refused([x["prompt"]], [x.get("own_response", x["response"])])[0]} for x in rows]
     assert s["without_gate"] == json.loads(json.dumps(summarize(alone, "regex")))
-    assert s["without_gate"] != {k: v for k, v in s.items() if k != "without_gate"}
+    assert s["without_gate"] != {k: v for k, v in s.items() if k not in ("without_gate", "in_reach")}
     assert "safety without the gate (the model's own answers where it rewrote one): harmful AdvBench" in r.stderr
     # the pretrained model's AlpacaEval answers are this model's own, not generated again
     given = [json.loads(x) for x in (out / "instructions.jsonl").read_text().splitlines()]
@@ -179,11 +179,13 @@ def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, emb
     results = json.loads((out / "results.json").read_text())
     assert "without_gate" in results["suites"]["instructions"]
     assert results["gate_reach"] == gate.reach
-    sets = {"advbench": 3, "hh_harmless": 3, "xstest_safe": 3, "xstest_unsafe": 3}
-    assert s["in_reach"] == {k: int(gate.within_reach(embedder, [x["prompt"] for x in rows if x["set"] == k]).sum())
-                             for k in sets}
-    assert all(0 <= n <= 3 for n in s["in_reach"].values()) and sum(s["in_reach"].values()) > 0
-    assert 0 <= results["suites"]["instructions"]["in_reach"]["alpaca_eval"] <= 3
+    near = {x["prompt"]: bool(n) for x, n in zip(rows, gate.within_reach(embedder, [x["prompt"] for x in rows]))}
+    assert s["in_reach"] == {k: sum(near[x["prompt"]] for x in rows if x["set"] == k)
+                             for k in ("advbench", "hh_harmless", "xstest_safe", "xstest_unsafe")}
+    assert all(near[x["prompt"]] for x in rewritten)  # the gate rewrote only questions within its reach
+    assert 0 < sum(s["in_reach"].values()) < len(rows)  # these 12 prompts: some near a seed, some not
+    assert "truthfulqa_gen" in results["suites"]["truthfulness"]["in_reach"]
+    assert "alpaca_eval" in results["suites"]["instructions"]["in_reach"]
     assert "safety: questions near enough a seed for the gate to decide (gate.abstain): advbench" in r.stderr
 
 

@@ -156,7 +156,8 @@ class Answerer:
 
     def in_reach(self, sets: dict[str, list[str]]) -> dict:
         """Behind a gate that stands aside (gate.abstain): {"in_reach": {set: how many of its questions
-        the gate decided}}, for results.json; else {}."""
+        lie within the gate's reach}} (measured again with its embedder, so resumed runs count all),
+        for results.json; else {}."""
         if self.gate is None or self.gate.reach is None or self.demos is not None:
             return {}
         return {"in_reach": {s: int(self.gate.within_reach(self.embedder, qs).sum()) for s, qs in sets.items()}}

@@ -18,7 +18,9 @@ is written.
 With a gate, a safety or instructions row whose answer the gate rewrote keeps the model's own answer
 too (own_response, own_output), judged again into the suite's "without_gate" rates: one gated
 evaluation measures the model with and without its gate on those two suites (truthfulness's answers
-are gated, its own answers not kept).
+are gated, its own answers not kept). Behind a gate that stands aside (gate.abstain), results.json
+holds its reach (gate_reach) and each suite, per data set, how many questions lie within it
+(in_reach).
 """
 
 from __future__ import annotations

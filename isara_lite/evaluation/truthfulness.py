@@ -64,7 +64,7 @@ def run(ev, data, sizes: dict) -> tuple[dict, list[dict]]:
         "mc_format": "raw text: lm-eval's 6-shot QA primer, then 'Q: <question>\\nA:', answers after a space",
         "generation": generation,
         "n_generation": len(gen_rows),
-    }
+    } | ev.in_reach({"truthfulqa_gen": [r["question"] for r in chosen]})
     return summary, [{"set": "mc", **r} for r in mc_rows] + gen_rows
 
 
