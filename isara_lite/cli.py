@@ -41,6 +41,19 @@ def align(recipe, overrides, model, backend, out, resume, force):
 
 
 @cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a recipe key, e.g. gate.abstain=0.05")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("gate.json"), show_default=True)
+def gate(recipe, overrides, out):
+    """Fit RECIPE's refusal gate (its gate.* keys) on its seeds alone, no training: a gate.json for
+    `isara eval|chat --gate` in front of the untrained model."""
+    from .gate import gate_only
+    from .recipe import load_recipe
+
+    gate_only(load_recipe(recipe, overrides), out)
+
+
+@cli.command()
 def models():
     """List the model cards and whether each is available here."""
     from rich.console import Console

@@ -230,6 +230,35 @@ def fit_gate(seeds, embedder, seed: int = 0, mode: str = "both", features: str =
                 reach=reach, seed_questions=questions if abstain > 0 else [])
 
 
+def fit_recipe_gate(recipe, seeds, embedder) -> Gate:
+    """The gate a recipe describes (gate.mode, gate.features, gate.abstain), fitted on SEEDS."""
+    g = recipe.gate
+    return fit_gate(seeds, embedder, recipe.seed, g.mode, g.features, recipe.model, g.abstain)
+
+
+def describe(gate: Gate) -> str:
+    return (f"fitted on {gate.seeds} seeds ({gate.refusals} refusals), {gate.features}"
+            f"{f' layer {gate.layer}' if gate.layer else ''}, C={gate.C:.3g}, "
+            f"out-of-fold AUROC on the seeds {gate.seed_auroc:.2f}"
+            + ("" if gate.reach is None else f", stands aside below cosine {gate.reach:.3f} to the nearest seed"))
+
+
+def gate_only(recipe, out: Path, log=print) -> Gate:
+    """`isara gate`: the recipe's gate fitted on all its seeds, with no loop and no training, saved as
+    OUT, to put in front of the untrained model (`isara eval|chat --gate OUT`): the setting measured
+    on the full suites (README, Results)."""
+    from .loop import load_seeds
+    from .models import load_card
+    from .prompts import Renderer, get_format
+    from .retrieval import Embedder
+
+    card = load_card(recipe.model)
+    gate = fit_recipe_gate(recipe, load_seeds(recipe, Renderer(get_format(card.chat_format), card.system)), Embedder())
+    gate.save(out)
+    log(f"gate: {describe(gate)}; saved {out}")
+    return gate
+
+
 def _likeliest(backend, prompts: list[str], openers: list[str]) -> list[str]:
     lps = np.asarray(backend.score([(p, o) for p in prompts for o in openers]), dtype=float)
     return [openers[int(i)] for i in lps.reshape(len(prompts), len(openers)).argmax(axis=1)]

@@ -13,7 +13,7 @@ from .data import Sample, read_prompts, read_samples
 from .errors import IsaraError
 from .evaluation.check import CHECK_TITLE, check_rows, run_check, summarize
 from .files import append_jsonl, atomic_write_json, read_jsonl_tolerant, write_jsonl
-from .gate import FILE as GATE_FILE, apply_gate, fit_gate
+from .gate import FILE as GATE_FILE, apply_gate, describe, fit_recipe_gate
 from .generation import generate_batch
 from .models import load_card
 from .preference import preference_stage
@@ -83,14 +83,10 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
     embedder = Embedder()
     pools = [Pool("seeds", seeds, embedder)]
     checks = []
-    gate = fit_gate(seeds, embedder, recipe.seed, recipe.gate.mode, recipe.gate.features,
-                    recipe.model, recipe.gate.abstain) if recipe.gate.enabled else None
+    gate = fit_recipe_gate(recipe, seeds, embedder) if recipe.gate.enabled else None
     if gate:
         gate.save(run.root / GATE_FILE)
-        ui.log(f"gate: fitted on {gate.seeds} seeds ({gate.refusals} refusals), {gate.features}"
-               f"{f' layer {gate.layer}' if gate.layer else ''}, C={gate.C:.3g}, "
-               f"out-of-fold AUROC on the seeds {gate.seed_auroc:.2f}"
-               + ("" if gate.reach is None else f", stands aside below cosine {gate.reach:.3f} to the nearest seed"))
+        ui.log(f"gate: {describe(gate)}")
 
     def answer_set(t: int, name: str, label: str, refuse: list[str], answer: list[str]) -> dict:
         """Greedy answers to prompts that should be refused and answered, saved as iter_t/<name>.jsonl."""

@@ -248,3 +248,24 @@ def test_align_with_the_model_gate_reads_the_models_states(tmp_path, repo):
     assert all("gate_refuses" in r for r in rows) and any(r["in_reach"] for r in rows)
     assert all(not r["rewritten"] for r in rows if not r["in_reach"])
     assert load_gate(export(out, "peft")) == gate
+
+
+def test_isara_gate_fits_the_recipes_gate_with_no_training(tmp_path, repo, embedder):
+    """`isara gate RECIPE`: the gate align would fit on the recipe's seeds (its gate.* keys), saved
+    where --out says, in seconds; a bad key is one line and leaves nothing behind."""
+    from conftest import TINY, isara
+    from isara_lite.data import read_samples
+    from isara_lite.gate import fit_gate, load_gate
+
+    out = tmp_path / "g" / "gate.json"
+    out.parent.mkdir()
+    r = isara("gate", repo / "recipes" / "safety.yaml", "--set", "gate.abstain=0.05", "--set", "seed=1", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    gate = load_gate(out)
+    seeds = read_samples(repo / "recipes" / "seeds" / "safety.jsonl")
+    assert gate == fit_gate(seeds, embedder, 1, "both", "minilm", "", 0.05)
+    assert gate.reach is not None and f"saved {out}" in r.stdout and "stands aside below cosine" in r.stdout
+    bad = isara("gate", repo / "recipes" / "quickstart.yaml", *[f"--set={o}" for o in TINY], "--set", "gate.abstain=2",
+                "--out", tmp_path / "bad.json")
+    assert bad.returncode == 2 and "gate.abstain" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.json").exists()
