@@ -254,6 +254,7 @@ def gate_only(recipe, out: Path, log=print) -> Gate:
 
     card = load_card(recipe.model)
     gate = fit_recipe_gate(recipe, load_seeds(recipe, Renderer(get_format(card.chat_format), card.system)), Embedder())
+    out.parent.mkdir(parents=True, exist_ok=True)
     gate.save(out)
     log(f"gate: {describe(gate)}; saved {out}")
     return gate

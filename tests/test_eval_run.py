@@ -151,7 +151,7 @@ def test_eval_cli_end_to_end(tmp_path):
 def test_a_gated_eval_reports_the_model_without_its_gate_too(tmp_path, repo, embedder):
     """`isara eval --gate`: rows the gate rewrote keep the model's own answer, and the results hold the
     rates of those own answers (judged again) beside the gated ones; behind a gate that stands aside
-    (gate.abstain), its reach and how many questions of each set it decided."""
+    (gate.abstain), its reach and how many questions of each set lie within it."""
     from isara_lite.data import read_samples
     from isara_lite.evaluation.judges import RegexJudge
     from isara_lite.evaluation.safety import summarize

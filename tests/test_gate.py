@@ -257,8 +257,7 @@ def test_isara_gate_fits_the_recipes_gate_with_no_training(tmp_path, repo, embed
     from isara_lite.data import read_samples
     from isara_lite.gate import fit_gate, load_gate
 
-    out = tmp_path / "g" / "gate.json"
-    out.parent.mkdir()
+    out = tmp_path / "g" / "gate.json"  # its folder made as needed
     r = isara("gate", repo / "recipes" / "safety.yaml", "--set", "gate.abstain=0.05", "--set", "seed=1", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     gate = load_gate(out)
