@@ -35,7 +35,7 @@ the layer the seeds' cross-validated log loss picks (averaged over five splits, 
 "model" picks it), the last layer and, with --answers or --adapter, the layer the seeds pick among
 those rows; the JSON holds every layer.
 
-    python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--data ../shared/data] [--threads 2]
+    python benchmarks/seed_separation.py [--recipe recipes/safety.yaml] [--seeds FILE ...] [--data ../shared/data] [--threads 2]
                                          [--answers 64] [--adapter runs/safety/iter_2/adapter]
                                          [--mean] [--augment 300]
 """
@@ -54,7 +54,7 @@ from rich.table import Table
 
 from isara_lite import filters
 from isara_lite.backends.base import Sampling, create_backend
-from isara_lite.data import read_prompts
+from isara_lite.data import read_prompts, read_samples
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation import safety
 from isara_lite.gate import ModelStates, fit_gate, fit_layers
@@ -196,6 +196,8 @@ def layer_rows(states: dict, y: np.ndarray, seed: int, name: str) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "safety.yaml")
+    ap.add_argument("--seeds", type=Path, nargs="+", metavar="FILE",
+                    help="fit on these seed files, joined, instead of the recipe's seeds")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the public suites' files")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--answers", type=int, default=0, metavar="N",
@@ -216,7 +218,8 @@ def main():
         recipe = load_recipe(args.recipe)
         card = load_card(recipe.model)
         renderer = Renderer(get_format(card.chat_format), card.system)
-        seeds = load_seeds(recipe, renderer)
+        seeds = [s for f in args.seeds for s in read_samples(f, check=renderer.validate)] if args.seeds \
+            else load_seeds(recipe, renderer)
         if not (recipe.check.harmful and recipe.check.benign):
             raise IsaraError(f"{args.recipe}: check.harmful and check.benign are both needed")
         sets = {"check_harmful": [r["prompt"] for r in read_prompts(recipe.path(recipe.check.harmful))],
@@ -269,7 +272,8 @@ def main():
         rows += augmented
         picks.append(min(augmented, key=lambda r: r["seed_log_loss"]))
         shown.append(picks[-1])
-    report = {"recipe": str(args.recipe), "model": card.name, "threads": args.threads, "seeds": len(seeds),
+    report = {"recipe": str(args.recipe), "seed_files": [str(f) for f in args.seeds or []], "model": card.name,
+              "threads": args.threads, "seeds": len(seeds),
               "seed_refusals": int(y.sum()), "sizes": {k: len(v) for k, v in sets.items()},
               "chosen_by_seeds": chosen["features"], "answer_tokens": args.answers,
               "adapter": str(args.adapter) if args.adapter else None,
