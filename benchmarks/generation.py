@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def one(mode: str, args) -> dict:
     """Run one mode in this process (called in a fresh subprocess so peak RSS is its own)."""
     from isara_lite.backends.base import create_backend, peak_memory_mb
-    from isara_lite.data import read_samples
+    from isara_lite.loop import load_seeds
     from isara_lite.generation import generate_batch
     from isara_lite.models import load_card
     from isara_lite.prompts import Renderer, get_format
@@ -47,7 +47,7 @@ def one(mode: str, args) -> dict:
     card = load_card(recipe.model)
     renderer = Renderer(get_format(card.chat_format), card.system)
     embedder = Embedder()
-    pools = [Pool("seeds", read_samples(recipe.path(recipe.seeds)), embedder)]
+    pools = [Pool("seeds", load_seeds(recipe, renderer), embedder)]
     if mode == "server":
         server = LocalServer(card.gguf_path(), args.threads)
         os.environ["ISARA_OPENAI_BASE_URL"] = server.url

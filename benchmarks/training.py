@@ -32,13 +32,13 @@ MODES = ("hf-fp32", "hf-bf16", "isara-fp32", "isara-bf16", "isara-fp32-grouped")
 
 def examples(recipe):
     """The model card and the (chat prompt, answer) pairs step 4 trains on: the recipe's seeds."""
-    from isara_lite.data import read_samples
+    from isara_lite.loop import load_seeds
     from isara_lite.models import load_card
     from isara_lite.prompts import Renderer, get_format
 
     card = load_card(recipe.model)
     renderer = Renderer(get_format(card.chat_format), card.system)
-    seeds = read_samples(recipe.path(recipe.seeds))
+    seeds = load_seeds(recipe, renderer)
     return card, [(renderer.chat_prompt(s.prompt), s.response) for s in seeds]
 
 

@@ -96,7 +96,7 @@ def row_key(recipe, row: str) -> dict:
     key = {"model": recipe.model, "backend": recipe.backend}
     if row == "pretrained":
         return key
-    key["seeds"] = hashlib.sha256(recipe.path(recipe.seeds).read_bytes()).hexdigest()
+    key["seeds"] = hashlib.sha256(b"".join(p.read_bytes() for p in recipe.seed_files())).hexdigest()
     if row in ("icl-knn", "icl-random"):
         return key | {"demonstrations": recipe.demonstrations, "seed": recipe.seed}
     if row == "sft-seeds":
@@ -212,7 +212,7 @@ def compare_domains(recipes, suites=SUITES, limit: int | None = None, data: Path
         name, run_dir, key = f"trained-{r.name}", Path("runs") / r.name, row_key(r, "isara")
         if cells.missing(name, suites, key):
             _align(r, run_dir, ui)
-        label = f"trained on {Path(r.seeds).stem} ({r.name}, iter {r.iterations})"
+        label = f"trained on {'+'.join(p.stem for p in r.seed_files())} ({r.name}, iter {r.iterations})"
         rows.append((name, label, cells.run(name, label, suites, key, RunDir(run_dir).adapter(r.iterations))))
     result = table_data(rows, suites, cell_rows(out)) | {"recipes": [r.name for r in recipes],
                                                           "model": recipes[0].model, "limit": limit,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import filters
@@ -28,10 +29,13 @@ from .ui import UI
 
 
 def load_seeds(recipe: Recipe, renderer: Renderer) -> list[Sample]:
-    path = recipe.path(recipe.seeds)
-    seeds = read_samples(path, check=renderer.validate)
+    """The recipe's seed pairs, its files joined in order; ids seed-0, seed-1, ... across them."""
+    files = recipe.seed_files()
+    seeds = [replace(s, id=f"seed-{i}") for i, s in
+             enumerate(s for path in files for s in read_samples(path, check=renderer.validate))]
     if len(seeds) < recipe.demonstrations:
-        raise IsaraError(f"{path}: {len(seeds)} seed pairs, fewer than demonstrations={recipe.demonstrations}")
+        raise IsaraError(f"{', '.join(map(str, files))}: {len(seeds)} seed pairs, fewer than "
+                         f"demonstrations={recipe.demonstrations}")
     return seeds
 
 

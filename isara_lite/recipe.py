@@ -123,7 +123,9 @@ class Recipe:
     model: str = opt("smollm2-135m-instruct", "model card name, .gguf, local dir or hub id")
     backend: str = opt("auto", "auto, llamacpp, torch, mlx or unsloth (auto: mlx on Apple silicon, unsloth on CUDA, torch on "
                                   "AVX-512 CPUs for small models, else llamacpp when installed)")
-    seeds: str = opt("seeds/safety.jsonl", "seed pairs (path relative to the recipe)")
+    seeds: str | list[str] = field(default="seeds/safety.jsonl", metadata={
+        "help": "seed pairs: a file, or a list of files joined in order (paths relative to the recipe)",
+        "paths": True})
     seed: int = opt(0, "random seed")
     iterations: int = opt(2, "ISARA iterations T")
     candidates: int = opt(64, "candidates generated per iteration N (paper: 512)")
@@ -145,6 +147,9 @@ class Recipe:
             return None
         p = Path(rel).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def seed_files(self) -> list[Path]:
+        return [self.path(p) for p in ([self.seeds] if isinstance(self.seeds, str) else self.seeds)]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -181,6 +186,10 @@ def _build(cls, data: dict, where: str):
         loc = f"{where}.{key}" if where else key
         if is_dataclass(default):
             kwargs[key] = _build(type(default), value, loc)
+        elif known[key].metadata.get("paths") and isinstance(value, list):
+            if not value or not all(isinstance(v, str) and v for v in value):
+                raise IsaraError(f"{loc}: expected a path or a non-empty list of paths, got {value!r}")
+            kwargs[key] = value
         else:
             kwargs[key] = _coerce(value, default, loc)
     return cls(**kwargs)

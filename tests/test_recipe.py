@@ -46,6 +46,52 @@ def test_absolute_path_kept(tmp_path):
     assert r.path(r.seeds) == tmp_path / "s.jsonl"
 
 
+def test_seeds_can_be_several_files_joined_in_order(tmp_path):
+    """seeds: a list of files (the shipped 64 and the 35 boundary seeds, say), read in order with ids
+    running on across them; one file reads as before."""
+    import json
+
+    from isara_lite.loop import load_seeds
+    from isara_lite.prompts import Renderer, get_format
+
+    for name, n in (("a", 3), ("b", 2)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"{name} question {i}?",
+                                                                    "response": f"{name} answer {i}."}) + "\n"
+                                                        for i in range(n)))
+    renderer = Renderer(get_format("chatml"), None)
+    r = load_recipe(write(tmp_path, "seeds: [a.jsonl, b.jsonl]\ndemonstrations: 2\niterations: 2\n"))
+    assert r.seed_files() == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    seeds = load_seeds(r, renderer)
+    assert [s.prompt for s in seeds] == [f"a question {i}?" for i in range(3)] + [f"b question {i}?" for i in range(2)]
+    assert [s.id for s in seeds] == [f"seed-{i}" for i in range(5)]
+    r = load_recipe(write(tmp_path, "seeds: b.jsonl\ndemonstrations: 2\niterations: 2\n"), ["seeds=[b.jsonl,a.jsonl]"])
+    assert [s.prompt for s in load_seeds(r, renderer)][:2] == ["b question 0?", "b question 1?"]
+    r = load_recipe(write(tmp_path, "seeds: b.jsonl\ndemonstrations: 2\niterations: 2\n"))
+    assert r.seed_files() == [tmp_path / "b.jsonl"] and len(load_seeds(r, renderer)) == 2
+    for bad in ("[]", "[a.jsonl, 3]", "{a: 1}"):
+        with pytest.raises(IsaraError, match="seeds"):
+            load_recipe(write(tmp_path, f"seeds: {bad}\n"))
+    with pytest.raises(IsaraError, match="fewer than demonstrations=6"):
+        load_seeds(load_recipe(write(tmp_path, "seeds: [a.jsonl, b.jsonl]\n")), renderer)
+
+
+def test_cells_are_keyed_on_the_seeds_content_one_file_as_before(tmp_path):
+    """A one-file recipe's cells keep the key they had before seeds could be a list (sha256 of the
+    file), so earlier compare folders are reused; a list keys on its files' joined content."""
+    import hashlib
+
+    import isara_lite.compare as cmp
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text(f'{{"prompt": "{name}?", "response": "{name}."}}\n')
+    one = load_recipe(None, [f"seeds={tmp_path}/a.jsonl"])
+    both = load_recipe(None, [f"seeds=[{tmp_path}/a.jsonl,{tmp_path}/b.jsonl]"])
+    a, b = ((tmp_path / f"{n}.jsonl").read_bytes() for n in "ab")
+    assert cmp.row_key(one, "icl-knn")["seeds"] == hashlib.sha256(a).hexdigest()
+    assert cmp.row_key(both, "icl-knn")["seeds"] == hashlib.sha256(a + b).hexdigest()
+    assert "seeds" not in cmp.row_key(both, "pretrained")
+
+
 def test_to_dict_has_no_base_dir(repo):
     d = load_recipe(repo / "recipes" / "quickstart.yaml").to_dict()
     assert "base_dir" not in d
