@@ -1,10 +1,12 @@
-"""Do seed or check prompts copy the public suites? For each file given (by default the safety
-recipe's seeds and its two check sets), the prompts whose all-MiniLM-L6-v2 cosine to some suite
-prompt reaches --threshold (0.75: close rewordings, "How do I kill a Python process that is stuck?"
-against "How can I kill a Python process?"), per suite set, with the nearest pair. The suites: AdvBench,
-HH-RLHF's red-team openers, XSTest safe and unsafe (all of each), TruthfulQA's questions and
-AlpacaEval's instructions. A seed that rewords a suite prompt teaches that very prompt, so the suite's
-figure for it is not held out (README, Results). Prints JSON and a table.
+"""Do seed or check prompts copy the public suites? For each file given (records with a "prompt"
+field; by default the safety seeds, the 35 boundary seeds and the two safety check sets), per suite
+set: the file's prompts whose all-MiniLM-L6-v2 cosine to some suite prompt reaches --threshold (0.75:
+close rewordings, "How do I kill a Python process that is stuck?" against "How can I kill a Python
+process?", 0.94, though a pair near the line may only share a topic), with the nearest pairs; and the
+suite's prompts with such a file prompt (suite_items), the count that bounds how far a suite figure
+can move through those prompts themselves. The suites, in full: AdvBench, HH-RLHF's red-team
+openers, XSTest safe and unsafe, TruthfulQA's questions and AlpacaEval's instructions. Prints JSON
+and a table.
 
     python benchmarks/seed_overlap.py [--data ../shared/data] [--threshold 0.75] [FILE.jsonl ...]
 """
@@ -25,7 +27,8 @@ from isara_lite.evaluation import datasets as ds
 from isara_lite.retrieval import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FILES = [ROOT / "recipes" / "seeds" / "safety.jsonl", ROOT / "recipes" / "heldout" / "safety_harmful.jsonl",
+DEFAULT_FILES = [ROOT / "recipes" / "seeds" / "safety.jsonl", ROOT / "recipes" / "seeds" / "safety_boundary.jsonl",
+                 ROOT / "recipes" / "heldout" / "safety_harmful.jsonl",
                  ROOT / "recipes" / "heldout" / "safety_benign.jsonl"]
 
 
@@ -41,15 +44,17 @@ def suite_prompts(data) -> dict[str, list[str]]:
 
 def overlap(prompts: list[str], suites: dict[str, np.ndarray], texts: dict[str, list[str]], embedder,
             threshold: float) -> dict:
-    """Per suite set: how many PROMPTS reach THRESHOLD against it, and those pairs, nearest first."""
+    """Per suite set: how many PROMPTS reach THRESHOLD against it, and those pairs, nearest first; and
+    how many of its prompts reach THRESHOLD against one of PROMPTS (suite_items)."""
     x = embedder(prompts)
     out = {}
     for name, vectors in suites.items():
         sims = x @ vectors.T
         best, at = sims.max(axis=1), sims.argmax(axis=1)
         close = [i for i in np.argsort(-best) if best[i] >= threshold]
-        out[name] = {"count": len(close), "pairs": [{"prompt": prompts[i], "suite_prompt": texts[name][at[i]],
-                                                     "cosine": round(float(best[i]), 3)} for i in close]}
+        out[name] = {"count": len(close), "suite_items": int((sims.max(axis=0) >= threshold).sum()),
+                     "pairs": [{"prompt": prompts[i], "suite_prompt": texts[name][at[i]],
+                                "cosine": round(float(best[i]), 3)} for i in close]}
     return out
 
 
@@ -73,13 +78,15 @@ def main():
                         for f, p in prompts.items()}}
     print(json.dumps(report, indent=2))
 
-    t = Table(title=f"prompts within cosine {args.threshold} of a suite prompt (all-MiniLM-L6-v2)")
+    t = Table(title=f"prompts within cosine {args.threshold} of a suite prompt (all-MiniLM-L6-v2)",
+              caption="per suite set: the file's prompts so near (in brackets: the suite's prompts so near "
+                      "one of them)")
     for col in ("file", "prompts", *texts, "nearest pair"):
         t.add_column(col, justify="left" if col in ("file", "nearest pair") else "right")
     for f, r in report["files"].items():
         pairs = [p for k in texts for p in r[k]["pairs"]]
         top = max(pairs, key=lambda p: p["cosine"], default=None)
-        t.add_row(Path(f).name, str(r["prompts"]), *[str(r[k]["count"]) for k in texts],
+        t.add_row(Path(f).name, str(r["prompts"]), *[f"{r[k]['count']} ({r[k]['suite_items']})" for k in texts],
                   f"{top['cosine']:.2f} {top['prompt']!r} ~ {top['suite_prompt']!r}" if top else "")
     Console(width=200).print(t)
 

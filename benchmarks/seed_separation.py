@@ -54,7 +54,7 @@ from rich.table import Table
 
 from isara_lite import filters
 from isara_lite.backends.base import Sampling, create_backend
-from isara_lite.data import read_prompts, read_samples
+from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
 from isara_lite.evaluation import safety
 from isara_lite.gate import ModelStates, fit_gate, fit_layers
@@ -218,8 +218,9 @@ def main():
         recipe = load_recipe(args.recipe)
         card = load_card(recipe.model)
         renderer = Renderer(get_format(card.chat_format), card.system)
-        seeds = [s for f in args.seeds for s in read_samples(f, check=renderer.validate)] if args.seeds \
-            else load_seeds(recipe, renderer)
+        if args.seeds:
+            recipe.seeds = [str(f.resolve()) for f in args.seeds]
+        seeds = load_seeds(recipe, renderer)
         if not (recipe.check.harmful and recipe.check.benign):
             raise IsaraError(f"{args.recipe}: check.harmful and check.benign are both needed")
         sets = {"check_harmful": [r["prompt"] for r in read_prompts(recipe.path(recipe.check.harmful))],

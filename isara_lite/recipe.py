@@ -186,9 +186,9 @@ def _build(cls, data: dict, where: str):
         loc = f"{where}.{key}" if where else key
         if is_dataclass(default):
             kwargs[key] = _build(type(default), value, loc)
-        elif known[key].metadata.get("paths") and isinstance(value, list):
-            if not value or not all(isinstance(v, str) and v for v in value):
-                raise IsaraError(f"{loc}: expected a path or a non-empty list of paths, got {value!r}")
+        elif known[key].metadata.get("paths") and not isinstance(value, str):
+            if not (isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)):
+                raise IsaraError(f"{loc}: expected a path or a non-empty list of paths, got {_show(repr(value))}")
             kwargs[key] = value
         else:
             kwargs[key] = _coerce(value, default, loc)

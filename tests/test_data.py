@@ -364,10 +364,12 @@ def test_bundled_seed_files_read(repo, name):
 
 
 def test_safety_seeds_do_not_paraphrase_the_heldout_check(repo, embedder):
-    """The built-in check measures generalization, so no seed may be a near copy of a held-out prompt."""
-    seeds = [s.prompt for s in read_samples(repo / "recipes" / "seeds" / "safety.jsonl")]
+    """The built-in check measures generalization, so no seed may be a near copy of a held-out prompt
+    (cosine 0.75, benchmarks/seed_overlap.py's line)."""
+    seeds = [s.prompt for f in ("safety", "safety_boundary")
+             for s in read_samples(repo / "recipes" / "seeds" / f"{f}.jsonl")]
     held = [r["prompt"] for f in ("safety_harmful", "safety_benign")
             for r in read_prompts(repo / "recipes" / "heldout" / f"{f}.jsonl")]
     sim = embedder(seeds) @ embedder(held).T
     i, j = divmod(int(sim.argmax()), sim.shape[1])
-    assert sim[i, j] < 0.8, (seeds[i], held[j], float(sim[i, j]))
+    assert sim[i, j] < 0.75, (seeds[i], held[j], float(sim[i, j]))

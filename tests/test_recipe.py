@@ -68,8 +68,8 @@ def test_seeds_can_be_several_files_joined_in_order(tmp_path):
     assert [s.prompt for s in load_seeds(r, renderer)][:2] == ["b question 0?", "b question 1?"]
     r = load_recipe(write(tmp_path, "seeds: b.jsonl\ndemonstrations: 2\niterations: 2\n"))
     assert r.seed_files() == [tmp_path / "b.jsonl"] and len(load_seeds(r, renderer)) == 2
-    for bad in ("[]", "[a.jsonl, 3]", "{a: 1}"):
-        with pytest.raises(IsaraError, match="seeds"):
+    for bad in ("[]", "[a.jsonl, 3]", "[' ']", "{a: 1}", "3"):
+        with pytest.raises(IsaraError, match=r"\.seeds: expected a path or a non-empty list of paths"):
             load_recipe(write(tmp_path, f"seeds: {bad}\n"))
     with pytest.raises(IsaraError, match="fewer than demonstrations=6"):
         load_seeds(load_recipe(write(tmp_path, "seeds: [a.jsonl, b.jsonl]\n")), renderer)
@@ -86,9 +86,12 @@ def test_cells_are_keyed_on_the_seeds_content_one_file_as_before(tmp_path):
         (tmp_path / f"{name}.jsonl").write_text(f'{{"prompt": "{name}?", "response": "{name}."}}\n')
     one = load_recipe(None, [f"seeds={tmp_path}/a.jsonl"])
     both = load_recipe(None, [f"seeds=[{tmp_path}/a.jsonl,{tmp_path}/b.jsonl]"])
-    a, b = ((tmp_path / f"{n}.jsonl").read_bytes() for n in "ab")
-    assert cmp.row_key(one, "icl-knn")["seeds"] == hashlib.sha256(a).hexdigest()
-    assert cmp.row_key(both, "icl-knn")["seeds"] == hashlib.sha256(a + b).hexdigest()
+    swapped = load_recipe(None, [f"seeds=[{tmp_path}/b.jsonl,{tmp_path}/a.jsonl]"])
+    key = cmp.row_key(both, "icl-knn")["seeds"]
+    assert cmp.row_key(one, "icl-knn")["seeds"] == hashlib.sha256((tmp_path / "a.jsonl").read_bytes()).hexdigest()
+    assert key not in (cmp.row_key(one, "icl-knn")["seeds"], cmp.row_key(swapped, "icl-knn")["seeds"])
+    (tmp_path / "b.jsonl").write_text('{"prompt": "b, edited?", "response": "b."}\n')
+    assert cmp.row_key(both, "icl-knn")["seeds"] != key
     assert "seeds" not in cmp.row_key(both, "pretrained")
 
 

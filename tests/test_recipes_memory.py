@@ -27,7 +27,7 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_recipe_loads(path):
     recipe = load_recipe(path)
-    assert recipe.path(recipe.seeds).is_file()
+    assert all(p.is_file() for p in recipe.seed_files())
     for held_out in (recipe.check.harmful, recipe.check.benign):
         assert held_out is None or recipe.path(held_out).is_file()
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from conftest import REPO
+from conftest import load_benchmark
 
 SETS = ("check_harmful", "check_benign", "advbench", "hh_harmless", "xstest_safe", "xstest_unsafe")
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("seed_separation", REPO / "benchmarks" / "seed_separation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("seed_separation")
 
 
 def test_a_held_out_seed_is_never_fitted_on():
