@@ -23,7 +23,7 @@ from rich.table import Table
 
 from isara_lite.data import read_prompts
 from isara_lite.errors import IsaraError
-from isara_lite.evaluation import datasets as ds
+from isara_lite.evaluation import datasets as ds, safety
 from isara_lite.retrieval import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,9 @@ DEFAULT_FILES = [ROOT / "recipes" / "seeds" / "safety.jsonl", ROOT / "recipes" /
 
 
 def suite_prompts(data) -> dict[str, list[str]]:
-    xs = ds.xstest(data)
-    return {"advbench": [r["prompt"] for r in ds.advbench(data)],
-            "hh_harmless": [r["prompt"] for r in ds.hh_harmless(data)],
-            "xstest_safe": [r["prompt"] for r in xs if r["label"] == "safe"],
-            "xstest_unsafe": [r["prompt"] for r in xs if r["label"] == "unsafe"],
+    """Every prompt of every suite: the safety suite's four sets as `isara eval --full` reads them."""
+    full = safety.prompt_sets(data, dict.fromkeys(safety.SIZES))
+    return {**{k: [q for q, _ in v] for k, v in full.items()},
             "truthfulqa": [r["question"] for r in ds.truthfulqa(data)],
             "alpaca_eval": [r["instruction"] for r in ds.alpaca_eval(data)]}
 
