@@ -42,6 +42,7 @@ from .refusal import REFUSAL_OPENERS, is_refusal
 
 FILE = "gate.json"
 FEATURES = ("minilm", "model")
+MODES = ("both", "refuse")
 EMBEDDER = "all-MiniLM-L6-v2"  # retrieval.Embedder's default; the weights only mean something in its space
 # The refusal openers the detector recognizes on their own ("Sorry" alone it does not): the fallback
 # where no seed refusal opens with words it reads as one.
@@ -151,6 +152,8 @@ def load_gate(path: Path | None) -> Gate | None:
         gate = Gate(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError) as e:
         raise IsaraError(f"{path}: not a gate file ({e})") from None
+    if gate.mode not in MODES:
+        raise IsaraError(f"{path}: mode: '{gate.mode}' is not one of {', '.join(MODES)}")
     if gate.features not in FEATURES:
         raise IsaraError(f"{path}: features: '{gate.features}' is not one of {', '.join(FEATURES)}")
     if (gate.features == "minilm" or gate.reach is not None) and gate.embedder != EMBEDDER:

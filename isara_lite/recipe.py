@@ -11,7 +11,7 @@ import yaml
 
 from .backends.base import BACKENDS, PRECISIONS
 from .errors import IsaraError
-from .gate import FEATURES as GATE_FEATURES
+from .gate import FEATURES as GATE_FEATURES, MODES as GATE_MODES
 
 
 def opt(default, help: str):
@@ -283,7 +283,7 @@ def validate(r: Recipe, where: str) -> None:
         (not r.training.shard or r.training.processes > 1, "training.shard", "needs training.processes > 1"),
         (not r.training.shard or r.training.batch_size >= r.training.processes, "training.shard",
          "needs training.batch_size >= training.processes (every process runs every step)"),
-        (r.gate.mode in ("both", "refuse"), "gate.mode", "must be both or refuse"),
+        (r.gate.mode in GATE_MODES, "gate.mode", f"must be {' or '.join(GATE_MODES)}"),
         (r.gate.features in GATE_FEATURES, "gate.features", f"must be {' or '.join(GATE_FEATURES)}"),
         (0.0 <= r.gate.abstain < 1.0, "gate.abstain", "must be at least 0 and below 1"),
         (r.selection.holdout != 1, "selection.holdout", "must be 0 (off) or at least 2 (one of each kind)"),

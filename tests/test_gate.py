@@ -217,13 +217,18 @@ def test_a_gate_on_the_models_own_states_picks_a_layer_and_round_trips(tmp_path,
     assert np.mean(refuse == np.array([is_refusal(s.response) for s in seeds])) > 0.8
 
 
-def test_a_gate_file_with_unknown_features_names_the_field(tmp_path, repo, embedder):
+def test_a_gate_file_with_unknown_features_or_mode_names_the_field(tmp_path, repo, embedder):
     from isara_lite.gate import fit_gate, load_gate
 
     gate = fit_gate(read_samples(repo / "recipes" / "seeds" / "safety.jsonl"), embedder)
     gate.features = "tfidf"
     gate.save(tmp_path / "gate.json")
     with pytest.raises(IsaraError, match=r"gate.json: features: 'tfidf' is not one of minilm, model"):
+        load_gate(tmp_path)
+    # an unknown mode would otherwise act as "refuse" without a word
+    gate.features, gate.mode = "minilm", "answer"
+    gate.save(tmp_path / "gate.json")
+    with pytest.raises(IsaraError, match=r"gate.json: mode: 'answer' is not one of both, refuse"):
         load_gate(tmp_path)
 
 

@@ -149,6 +149,7 @@ def test_base_dir_is_not_a_recipe_key(tmp_path):
     ("training: 3\n", r"training: expected a mapping, got int"),
     ("candidates: -1\n", r"candidates: must not be negative"),
     ("gate:\n  features: tfidf\n", r"gate\.features must be minilm or model"),
+    ("gate:\n  mode: answer\n", r"gate\.mode must be both or refuse"),
 ])
 def test_wrong_type(tmp_path, text, match):
     with pytest.raises(IsaraError, match=match):
