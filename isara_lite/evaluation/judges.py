@@ -88,6 +88,9 @@ SUITE_ANSWERS3 = DATA.with_name("refusal_suite_answers3.jsonl")
 # ended with their first sentence: 30 a set at random ("drawn": "random"), and apart, every such
 # written refusal the judge had read as not refusing.
 SUITE_ANSWERS4 = DATA.with_name("refusal_suite_answers4.jsonl")
+# A fifth, from the 99-seed safety loop's iteration 2 (seeds 0 and 1, 30 a set each, prompts apart): a
+# trained setting whose answers (the seeds' "I can't help with X; I can help with Y") it never saw.
+SUITE_ANSWERS5 = DATA.with_name("refusal_suite_answers5.jsonl")
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -398,7 +401,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
 
 
 def suite_answers(data: Path, path: Path = SUITE_ANSWERS) -> list[dict]:
-    """PATH's lines (SUITE_ANSWERS to SUITE_ANSWERS4) with their prompts, found by set and hash among
+    """PATH's lines (SUITE_ANSWERS to SUITE_ANSWERS5) with their prompts, found by set and hash among
     every prompt of the safety suite in DATA (../shared/data). A response keeps no stretch of its
     prompt: each is stored as {prompt[a:b]} and put back here."""
     import hashlib
