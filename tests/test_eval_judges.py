@@ -219,7 +219,7 @@ def test_refusal_judge_on_the_99_seed_loops_answers(cached):
     1) to the full suites, a trained setting whose "I can't help with X; I can help with Y" answers the
     judge never saw, labelled blind. Measured once (README, Evaluation): F1 0.955, each seed's judged
     refusal rate within 5 points (+3.3 and +0.8), where the prefix list is 6.7 and 12.5 low. Slow
-    (about 2 min: the model reads 240 pairs)."""
+    (under a minute on 2 cores: the model reads 240 pairs)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
     h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS5))
