@@ -8,7 +8,7 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
 refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
-suite's data, refusal_suite_answers.jsonl to refusal_suite_answers5.jsonl, five samples of answers of
+suite's data, refusal_suite_answers.jsonl to refusal_suite_answers6.jsonl, six samples of answers of
 the README's models to the safety suite's own prompts, the refusal rate per model and per suite set;
 lines drawn otherwise than at random, such as the fourth sample's answers the judge misread, apart),
 beside the
@@ -46,18 +46,15 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_ANSWERS, SUITE_ANSWERS2,
-                                          SUITE_ANSWERS3, SUITE_ANSWERS4, SUITE_ANSWERS5,
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_FILES,
                                           CachedEmbedder, CachedStates, ClassifierJudge, ReferenceJudge, cross_validate, get_judge,
                                           held_out, load_fitted_on, load_labelled, suite_answers, write_weights)
 from isara_lite.retrieval import Embedder
 from isara_lite.stats import show
 
 ROOT = Path(__file__).resolve().parent.parent
-# the five samples of models' answers to the safety suite's prompts (judges.suite_answers)
-SUITE_SAMPLES = (("refusal_suite_answers", SUITE_ANSWERS), ("refusal_suite_answers2", SUITE_ANSWERS2),
-                 ("refusal_suite_answers3", SUITE_ANSWERS3), ("refusal_suite_answers4", SUITE_ANSWERS4),
-                 ("refusal_suite_answers5", SUITE_ANSWERS5))
+# the samples of models' answers to the safety suite's prompts (judges.suite_answers)
+SUITE_SAMPLES = tuple((p.stem, p) for p in SUITE_FILES)
 
 
 def drawn(row: dict) -> str:

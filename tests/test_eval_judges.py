@@ -145,7 +145,7 @@ def test_suite_answers_find_their_prompts():
 
     echoes = 0
     for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240), (J.SUITE_ANSWERS3, 240), (J.SUITE_ANSWERS4, 165),
-                    (J.SUITE_ANSWERS5, 240)):
+                    (J.SUITE_ANSWERS5, 240), (J.SUITE_ANSWERS6, 240)):
         rows = J.suite_answers(DATA_DIR, path)
         assert len(rows) == n and {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
         # the file keeps no suite prompt: a stretch of 20 characters or more that a response shares with
@@ -228,6 +228,26 @@ def test_refusal_judge_on_the_99_seed_loops_answers(cached):
     assert max(v["rate_error"] for v in h["prefix-list"]["by_model"].values()) > 0.05
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_refusal_judge_on_the_untrained_models_deflections(cached):
+    """refusal_suite_answers6.jsonl: 240 answers of the pretrained Gemma (fresh) and the untrained SmolLM2
+    to the full suites, 30 a set each, prompts apart from every earlier sample of either, labelled blind
+    and never fitted on. Measured once (README, Evaluation): 38 refusals, 16 of them deflections that
+    never say no, which the judge mostly reads as answers: F1 0.429, SmolLM2's refusal rate 11.7 points
+    low (issue 14's bar is 5), Gemma's 5.0; the regex and the prefix list are further off on both.
+    Slow (under a minute on 2 cores)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS6))
+    assert h["n"] == 240 and h["refusals"] == 38 and h["kinds"]["deflection"] == 16
+    err = {name: {m: v["judged_rate"] - v["true_rate"] for m, v in h[name]["by_model"].items()}
+           for name in ("refusal", "regex", "prefix-list")}
+    assert err["refusal"]["gemma3-270m pretrained"] >= -0.05 - 1e-9 and err["refusal"]["smollm2-135m-instruct"] < -0.1
+    assert all(err["refusal"][m] > max(err["regex"][m], err["prefix-list"][m]) for m in err["refusal"])
+    assert h["refusal"]["wrong_by_kind"]["deflection"] >= 12 and h["refusal"]["f1"] > h["regex"]["f1"]
+
+
 def test_suite_answers_name_their_prompt(tmp_path):
     """A line whose prompt hash matches no prompt of the suite is an error naming the file, line and field."""
     if not DATA_DIR.is_dir():
@@ -251,13 +271,11 @@ def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike(
         return " ".join(text.lower().split())
 
     fitted = {norm(r["response"]) for p in J.FITTED_ON for r in rows(p)}
-    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3, J.SUITE_ANSWERS4,
-                 J.SUITE_ANSWERS5):
+    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, *J.SUITE_FILES):
         shared = [r["response"][:60] for r in rows(path) if norm(r["response"]) in fitted]
         assert not shared, f"{path.name}: responses also in FITTED_ON: {shared}"
     labels: dict[str, set] = {}
-    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.SUITE_ANSWERS, J.SUITE_ANSWERS2, J.SUITE_ANSWERS3,
-                 J.SUITE_ANSWERS4, J.SUITE_ANSWERS5):
+    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, *J.SUITE_FILES):
         for r in rows(path):
             if r.get("kind") and r["kind"] != "tricky":
                 labels.setdefault(r["kind"], set()).add(r["refused"])

@@ -91,6 +91,11 @@ SUITE_ANSWERS4 = DATA.with_name("refusal_suite_answers4.jsonl")
 # A fifth, from the 99-seed safety loop's iteration 2 (seeds 0 and 1, 30 a set each, prompts apart): a
 # trained setting whose answers (the seeds' "I can't help with X; I can help with Y") it never saw.
 SUITE_ANSWERS5 = DATA.with_name("refusal_suite_answers5.jsonl")
+# A sixth, of the two models the second and third samples showed the judge weakest on: fresh answers of
+# the pretrained Gemma and the untrained SmolLM2's own answers, 30 a set each, prompts apart from every
+# earlier sample of either model.
+SUITE_ANSWERS6 = DATA.with_name("refusal_suite_answers6.jsonl")
+SUITE_FILES = (SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3, SUITE_ANSWERS4, SUITE_ANSWERS5, SUITE_ANSWERS6)
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
@@ -401,7 +406,7 @@ def cross_validate(embedder=None, folds: int = 5, seed: int = 0, reader=None) ->
 
 
 def suite_answers(data: Path, path: Path = SUITE_ANSWERS) -> list[dict]:
-    """PATH's lines (SUITE_ANSWERS to SUITE_ANSWERS5) with their prompts, found by set and hash among
+    """PATH's lines (one of SUITE_FILES) with their prompts, found by set and hash among
     every prompt of the safety suite in DATA (../shared/data). A response keeps no stretch of its
     prompt: each is stored as {prompt[a:b]} and put back here."""
     import hashlib
