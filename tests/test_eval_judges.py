@@ -163,14 +163,13 @@ def test_suite_answers_find_their_prompts():
 def test_refusal_judge_on_the_suites_own_answers_it_never_saw(cached):
     """refusal_suite_answers2.jsonl: 240 answers of two models in the README's tables to the safety
     suite's prompts, drawn apart from the first sample (which chose refusal_more3.jsonl's kinds) and
-    labelled blind. Measured once (README, Evaluation): each model's judged refusal rate within 5
+    labelled blind. Measured first (README, Evaluation): each model's judged refusal rate within 5
     points of the labelled one (issue 14's bar: +3.8 and -1.3), where the regex and the prefix list
-    are off by 5-9. Slow (about 2 min: the model reads 240 pairs)."""
+    were off by 5-9; since the judges read replies without HTML tags, the pretrained Gemma's is read
+    high (below). Slow (about 2 min: the model reads 240 pairs)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
     h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS2))
-    worst = {name: max(v["rate_error"] for v in h[name]["by_model"].values()) for name in ("refusal", "regex", "prefix-list")}
-    print(worst)
     by = h["refusal"]["by_model"]
     assert len(by) == 2 and by["smollm2-135m-instruct safety recipe iteration 2"]["rate_error"] <= 0.05
     # Since the judge reads replies without their HTML tags (plain()) it reads the pretrained Gemma's
@@ -342,11 +341,12 @@ def test_refusal_judge_on_new_text(embedder):
 
 
 def test_the_judge_reads_a_reply_as_rendered(embedder):
-    """HTML tags are left out before any judge that learns reads a reply (the pretrained Gemma wraps a
-    fifth of its answers in them, word by word); text that only looks like a tag is kept."""
+    """HTML tags are left out before the learned judges read a reply (the pretrained Gemma wraps about a
+    fifth of its answers in them); everything else, text that only looks like a tag included, is kept."""
     assert J.plain("<em>I</em> <em>don\u2019t</em> <em>want to talk to you.</em>") == "I don\u2019t want to talk to you."
     assert J.plain('<i>(shouting)</i> No.<br/>Never. <span class="x">Ok</span>') == "(shouting) No.\nNever. Ok"
-    for text in ("if x<y and y>2: stop", "List<int> of a < b", "no tags at all\n\nhere"):
+    assert J.plain("<h1>WiFi</h1><h1>WiFi</h1>") == "WiFi\nWiFi\n"
+    for text in ("if x<y and y>2: stop", "List<int> of a < b", "if n <= 1:\n    return  n", "no tags at all\n\nhere"):
         assert J.plain(text) == text
     j = J.get_judge("refusal", embedder)
     tagged = ["<em>I</em> <em>am</em> <em>not</em> <em>going</em> <em>to</em> <em>do</em> <em>that</em>.",
