@@ -29,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from isara_lite.data import read_samples
+from isara_lite.data import read_records, read_samples
 from isara_lite.evaluation.judges import get_judge
 from isara_lite.files import atomic_write_text
 from isara_lite.gate import ModelStates, fit_gate
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     report = {"seeds": len(seeds), "layer": layer, "C": gate.C, "bar": BAR, "evals": {}}
     cache: dict[tuple, np.ndarray] = {}
     for d in args.evals:
-        rows = [json.loads(line) for line in (d / "safety.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = [r for _, r in read_records(d / "safety.jsonl")]  # a bad line: an error naming file and line
         prompts, sets = [r["prompt"] for r in rows], np.array([r["set"] for r in rows])
         if tuple(prompts) not in cache:  # the seeds of one setting answer the same prompts
             cache[tuple(prompts)] = states(prompts)[:, layer] @ w + gate.bias
