@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,22 @@ def test_batched_decoding_is_deterministic_and_shares_identical_prompts(card):
     greedy = Sampling(max_tokens=16, temperature=0.0, stop=renderer.fmt.stops)
     out = lcpp.generate(prompts, greedy)
     assert [g.text for g in out[:3]] == [g.text for g in out[3:]]
+
+
+@pytest.mark.real_model
+def test_a_script_that_never_closes_the_backend_exits_quietly():
+    """The batch decoder is freed at interpreter exit without a traceback (it printed one before)."""
+    script = ("from isara_lite.backends.base import create_backend\n"
+              "from isara_lite.evaluation.protocol import Answerer\n"
+              "from isara_lite.models import load_card\n"
+              "from isara_lite.prompts import Renderer, get_format\n"
+              "card = load_card('smollm2-135m-instruct')\n"
+              "b = create_backend('llamacpp', card, threads=2)\n"
+              "b.load(None)\n"
+              "print(Answerer(b, Renderer(get_format(card.chat_format), card.system), 'x', 4).answer(['Hi'], 'w'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.slow

@@ -43,11 +43,14 @@ class BatchDecoder:
         self.mem = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(512, 0, max_seqs)
         self.capacity = params.n_ctx
+        # Held here: a decoder never closed is freed at interpreter exit, when llama_cpp's names may be gone.
+        self._free = (L.llama_batch_free, L.llama_free)
 
     def close(self):
-        if self.ctx:
-            L.llama_batch_free(self.batch)
-            L.llama_free(self.ctx)
+        if getattr(self, "ctx", None):
+            free_batch, free_ctx = self._free
+            free_batch(self.batch)
+            free_ctx(self.ctx)
             self.ctx = None
 
     __del__ = close
