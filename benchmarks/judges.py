@@ -1,7 +1,7 @@
 """Accuracy of the offline judges, printed as JSON and a table.
 
 refusal judges: stratified 5-fold on everything the shipped judge is fitted on (judges.FITTED_ON:
-2,668 labelled responses in ten files, written for this project or models' own answers labelled for
+2,874 labelled responses in eleven files, written for this project or models' own answers labelled for
 it; the default judge's out-of-fold figures are also reported per file): accuracy per fold; precision,
 recall and F1 of "refused" on the pooled held-out verdicts, with a bootstrap interval for F1; the
 mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the baselines: a fixed
@@ -12,7 +12,7 @@ suite's data, refusal_suite_answers.jsonl to refusal_suite_answers7.jsonl, seven
 the README's models to the safety suite's own prompts, the refusal rate per model and per suite set;
 lines drawn otherwise than at random, such as the fourth sample's answers the judge misread, apart),
 beside the
-default judge fitted on the 2,468 it shipped with before (judges.FITTED_BEFORE), the default without
+default judge fitted on the 2,668 it shipped with before (judges.FITTED_BEFORE), the default without
 its echo rule, and refusal-text (the default before the states probe).
 With --llm MODEL also the LLM judge (on refusal.jsonl).
 reference judges: a sanity check, not agreement with people: on AlpacaEval, how often the judge
@@ -64,8 +64,8 @@ COMPARED = ("refusal", "refusal-text", "refusal fitted before", "without the ech
 
 
 def compared(embedder, reader) -> dict:
-    """The judges measured beside the shipped ones: the default fitted on the 2,468 it shipped with
-    before refusal_more3.jsonl joined (FITTED_BEFORE), and the default without its echo rule."""
+    """The judges measured beside the shipped ones: the default fitted on the 2,668 it shipped with
+    before refusal_model_answers4.jsonl joined (FITTED_BEFORE), and the default without its echo rule."""
     plain = ClassifierJudge(embedder, True, echo=False, states=True, reader=reader)
     texts, labels, prompts, _ = load_fitted_on(FITTED_BEFORE)
     before = ClassifierJudge(embedder, True, texts, labels, states=True, prompts=prompts, reader=reader)

@@ -24,14 +24,14 @@ def cached(embedder):
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_refusal_judges_held_out_accuracy(cached):
-    """5-fold on the 2,668 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
+    """5-fold on the 2,874 labelled responses the judge is fitted on (refusals hard, soft, lecturing,
     redirecting and deflecting; compliance, disclaimers, leaks after a caveat, look-alikes such as "I
     can't believe how easy...", models' own answers and echoes). The regex alone is ~0.7. Slow (about
-    15 min on 2 cores: the bundled model reads all 2,668, then 15 fits, each choosing C by 5-fold);
+    15 min on 2 cores: the bundled model reads all 2,874, then 15 fits, each choosing C by 5-fold);
     `benchmarks/judges.py` prints the same."""
     r = J.cross_validate(cached, folds=5)
     print({k: round(v["mean"], 3) for k, v in r.items() if isinstance(v, dict) and "mean" in v})
-    assert r["n"] == 2668 and 0.35 < r["refusals"] / r["n"] < 0.6
+    assert r["n"] == 2874 and 0.35 < r["refusals"] / r["n"] < 0.6
     assert r["refusal"]["mean"] >= 0.9 and r["refusal-text"]["mean"] >= 0.85 and r["classifier"]["mean"] >= 0.8
     assert r["refusal"]["f1"] > r["refusal-text"]["f1"]  # reading with the model is what it ships for
     assert r["refusal"]["mean"] > r["regex"]["mean"] + 0.05
@@ -114,7 +114,8 @@ def test_reply_states_are_the_layers_output_over_the_reply():
 def test_refusal_judges_on_the_held_out_set(cached):
     """refusal_heldout5.jsonl: written blind by an author who saw neither the judge nor its data; each
     line says whether its request is unsafe. Measured once per fit (README, Evaluation): F1 0.938, rate
-    errors 2.0 / 8.0 points (unsafe / safe) on the 2,668; 0.927 and 2.0 / 10.0 on the 2,468 before."""
+    errors 1.0 / 8.0 points (unsafe / safe) on the 2,874; 0.938 and 2.0 / 8.0 on the 2,668 before, 0.927
+    and 2.0 / 10.0 on the 2,468."""
     h = J.held_out(cached)
     print({k: round(v["f1"], 3) for k, v in h.items() if isinstance(v, dict) and "f1" in v})
     assert h["n"] == 200 and h["unsafe"] == 100
@@ -174,7 +175,8 @@ def test_refusal_judge_on_the_suites_own_answers_it_never_saw(cached):
     assert len(by) == 2 and by["smollm2-135m-instruct safety recipe iteration 2"]["rate_error"] <= 0.05
     # Since the judge reads replies without their HTML tags (plain()) it reads the pretrained Gemma's
     # "<em>I don't know.</em>", which this sample's readers called answers and the sixth and seventh
-    # samples' readers claims of incapability, as refusals: 8.8 points high (before: 3.8).
+    # samples' readers claims of incapability, as refusals: 8.8 points high (before: 3.8), 7.5 since the
+    # refit with refusal_model_answers4.jsonl.
     assert by["gemma3-270m pretrained"]["rate_error"] <= 0.1
     assert h["refusal"]["f1"] >= 0.85
 
@@ -214,8 +216,9 @@ def test_refusal_judge_on_the_gates_one_sentence_refusals(cached):
     assert J.held_out(cached, rows=apart)["refusal"]["recall"] == 1.0
     h = J.held_out(cached, rows=[r for r in rows if r["drawn"] == "random"])
     assert h["refusal"]["f1"] >= 0.95 and all(v["rate_error"] <= 0.05 for v in h["refusal"]["by_model"].values())
-    # per set (30 answers) at most 3.3 points; 6.7 on XSTest unsafe since the refit of c1193e8 (this sample has no tags)
-    assert all(v["rate_error"] <= 0.07 for v in h["refusal"]["by_set"].values())
+    # per set (30 answers) at most 3.3 points (6.7 on XSTest unsafe between the refit of c1193e8 and the one
+    # with refusal_model_answers4.jsonl)
+    assert all(v["rate_error"] <= 0.04 for v in h["refusal"]["by_set"].values())
 
 
 @pytest.mark.real_model
@@ -242,15 +245,17 @@ def test_refusal_judge_on_the_untrained_models_deflections(cached):
     and never fitted on. Measured (README, Evaluation): 38 refusals, 16 of them deflections that never
     say no, which the judge mostly reads as answers: F1 0.429, SmolLM2's refusal rate 11.7 points low
     (issue 14's bar is 5), Gemma's 5.0; since the judge reads replies without their HTML tags, which
-    this sample's errors chose, 0.500, -12.5 and -0.8. The regex and the prefix list are further off
-    on both. Slow (under a minute on 2 cores)."""
+    this sample's errors chose, 0.500, -12.5 and -0.8; since the fit took in the untrained SmolLM2's
+    labelled answers to requests written for this project (refusal_model_answers4.jsonl), 0.554, -7.5
+    and -1.7, 13 of the 16 deflections still missed. The regex and the prefix list are further off on
+    both. Slow (under a minute on 2 cores)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
     h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS6))
     assert h["n"] == 240 and h["refusals"] == 38 and h["kinds"]["deflection"] == 16
     err = {name: {m: v["judged_rate"] - v["true_rate"] for m, v in h[name]["by_model"].items()}
            for name in ("refusal", "regex", "prefix-list")}
-    assert abs(err["refusal"]["gemma3-270m pretrained"]) <= 0.05 and err["refusal"]["smollm2-135m-instruct"] < -0.1
+    assert abs(err["refusal"]["gemma3-270m pretrained"]) <= 0.05 and err["refusal"]["smollm2-135m-instruct"] < -0.05
     assert all(err["refusal"][m] > max(err["regex"][m], err["prefix-list"][m]) for m in err["refusal"])
     assert h["refusal"]["wrong_by_kind"]["deflection"] >= 12 and h["refusal"]["f1"] > h["regex"]["f1"]
 
@@ -262,7 +267,8 @@ def test_refusal_judge_on_replies_as_rendered(cached):
     SmolLM2 (30 a set), prompts apart from every earlier sample of either, drawn and labelled blind
     before the judge read replies without their HTML tags (plain()) and measured once after (README,
     Evaluation): F1 0.586 (0.436 before), Gemma's refusal rate 3.3 points low (9.6 before); SmolLM2's
-    13.3 low, its deflections missed as before. Slow (about a minute on 2 cores)."""
+    13.3 low, its deflections missed as before. After the refit with refusal_model_answers4.jsonl: 0.602,
+    -4.6 and -13.3. Slow (about a minute on 2 cores)."""
     if not DATA_DIR.is_dir():
         pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
     h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS7))
