@@ -192,7 +192,7 @@ def test_a_script_that_never_closes_the_backend_exits_quietly():
               "b = create_backend('llamacpp', card, threads=2)\n"
               "b.load(None)\n"
               "print(Answerer(b, Renderer(get_format(card.chat_format), card.system), 'x', 4).answer(['Hi'], 'w'))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 

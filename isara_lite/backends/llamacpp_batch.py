@@ -22,6 +22,9 @@ from .base import Generation, Sampling
 class BatchDecoder:
     def __init__(self, llm, threads: int, max_seqs: int):
         self.llm, self.max_seqs = llm, max_seqs
+        # Held here: a decoder never closed is freed at interpreter exit, when llama_cpp's names may be gone.
+        self._free = (L.llama_batch_free, L.llama_free)
+        self.ctx = self.batch = None  # set before anything can fail, so close() frees what exists
         self.vocab = L.llama_model_get_vocab(llm._model.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         params = L.llama_context_default_params()
@@ -43,13 +46,15 @@ class BatchDecoder:
         self.mem = L.llama_get_memory(self.ctx)
         self.batch = L.llama_batch_init(512, 0, max_seqs)
         self.capacity = params.n_ctx
-        # Held here: a decoder never closed is freed at interpreter exit, when llama_cpp's names may be gone.
-        self._free = (L.llama_batch_free, L.llama_free)
 
     def close(self):
-        if getattr(self, "ctx", None):
-            free_batch, free_ctx = self._free
+        if getattr(self, "_free", None) is None:
+            return
+        free_batch, free_ctx = self._free
+        if self.batch is not None:
             free_batch(self.batch)
+            self.batch = None
+        if self.ctx:
             free_ctx(self.ctx)
             self.ctx = None
 
