@@ -105,8 +105,11 @@ SUITE_ANSWERS6 = DATA.with_name("refusal_suite_answers6.jsonl")
 # fresh answers of the pretrained Gemma (60 a set) and the untrained SmolLM2's own (30 a set), prompts
 # apart from every earlier sample of either.
 SUITE_ANSWERS7 = DATA.with_name("refusal_suite_answers7.jsonl")
+# An eighth, drawn after the fit took in MODEL_ANSWERS4 (which the third, sixth and seventh chose): the
+# untrained SmolLM2's own answers, 30 a set, prompts apart from every earlier sample of it; unseen for that change.
+SUITE_ANSWERS8 = DATA.with_name("refusal_suite_answers8.jsonl")
 SUITE_FILES = (SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3, SUITE_ANSWERS4, SUITE_ANSWERS5, SUITE_ANSWERS6,
-               SUITE_ANSWERS7)
+               SUITE_ANSWERS7, SUITE_ANSWERS8)
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
