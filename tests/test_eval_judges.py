@@ -54,6 +54,15 @@ def test_the_shipped_judges_were_fitted_on_todays_data():
     assert J.shipped_probe() is not None, f"{J.WEIGHTS}: states probe missing or fitted on other data, model or layer"
 
 
+def test_weights_fitted_on_other_data_or_another_reading_are_not_used(monkeypatch):
+    """The shipped weights are refused once FITTED_ON or what the judges read (READS) changes."""
+    monkeypatch.setattr(J, "FITTED_ON", J.FITTED_BEFORE)
+    assert J.shipped_weights("refusal-text") is None and J.shipped_probe() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(J, "READS", "replies as given")
+    assert J.shipped_weights("refusal-text") is None and J.shipped_probe() is None
+
+
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_the_shipped_judges_are_fitted_on_the_labelled_data(cached):

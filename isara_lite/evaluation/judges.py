@@ -218,8 +218,8 @@ class ClassifierJudge:
         from ..gate import fit_probe
 
         self.reader, self.name = reader, "refusal"
-        w, b, c, _, _ = fit_probe(reader(prompts, [plain(t) for t in texts]), labels, StratifiedKFold(5, shuffle=True, random_state=0),
-                                  standardize=True)
+        w, b, c, _, _ = fit_probe(reader(prompts, [plain(t) for t in texts]), labels,
+                                  StratifiedKFold(5, shuffle=True, random_state=0), standardize=True)
         self.probe = (w, b, c)
 
     def features(self, texts: list[str]):
@@ -303,6 +303,11 @@ def _data_hash() -> str:
     return sha256_files(FITTED_ON)
 
 
+def _fitted_on_todays_data(meta: dict) -> bool:
+    """Whether WEIGHTS' metadata says they were fitted on FITTED_ON as it is now, read as READS says."""
+    return meta.get("data_sha256") == _data_hash() and meta.get("reads") == READS
+
+
 def shipped_weights(name: str):
     """(coef, intercept, C, n-gram vocabulary, idf) of judge NAME as fitted on FITTED_ON (the last two
     None without n-grams), or None when WEIGHTS are missing or were fitted on other data."""
@@ -314,7 +319,7 @@ def shipped_weights(name: str):
         return None
     with safe_open(str(WEIGHTS), "np") as f:
         meta = f.metadata() or {}
-        if meta.get("data_sha256") != _data_hash() or meta.get("reads") != READS or f"{name}.coef" not in f.keys():
+        if not _fitted_on_todays_data(meta) or f"{name}.coef" not in f.keys():
             return None
         grams = f"{name}.vocabulary" in meta
         return (f.get_tensor(f"{name}.coef"), float(f.get_tensor(f"{name}.intercept")[0]), float(meta[f"{name}.C"]),
@@ -333,7 +338,7 @@ def shipped_probe():
         return None
     with safe_open(str(WEIGHTS), "np") as f:
         meta = f.metadata() or {}
-        if (meta.get("data_sha256") != _data_hash() or meta.get("reads") != READS or meta.get("states") != f"{MODEL} layer {LAYER}"
+        if (not _fitted_on_todays_data(meta) or meta.get("states") != f"{MODEL} layer {LAYER}"
                 or "refusal.states.w" not in f.keys()):
             return None
         return f.get_tensor("refusal.states.w"), float(f.get_tensor("refusal.states.b")[0]), float(meta["refusal.states.C"])
