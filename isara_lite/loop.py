@@ -166,19 +166,22 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
             candidates = generate_iteration(backend, renderer, pools, embedder, recipe, t, it, ui)
             kept = [c for c in candidates if c.kept]
             write_jsonl(it / "kept.jsonl", [c.to_dict() for c in kept])
+            replaced = recipe.preference.enabled and recipe.preference.replaces_sft
             sft_out = it / "sft_adapter" if recipe.preference.enabled else run.adapter(t)
-            result = train_stage(backend, renderer, seeds, kept, recipe, t, adapter, sft_out, ui)
-            pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, sft_out, run.adapter(t), ui) \
-                if recipe.preference.enabled else None
+            result = None if replaced else train_stage(backend, renderer, seeds, kept, recipe, t, adapter, sft_out, ui)
+            pref = preference_stage(backend, renderer, seeds, kept, embedder, recipe, t, adapter if replaced else sft_out,
+                                    run.adapter(t), ui) if recipe.preference.enabled else None
+            trained = result or pref
             if gate:  # beside the adapter, so chat, eval and export find it
                 gate.save(run.adapter(t) / GATE_FILE)
             summary = check(t, f"iteration {t}")
             holdout = held_out(t, f"iteration {t}")
             removed = {f: sum(1 for c in candidates if not c.verdicts.get(f, True)) for f in filters.FILTERS}
             row = {"iteration": t, "generated": len(candidates), "kept": len(kept), "removed": removed,
-                   "train_steps": result["steps"], "train_loss_first": (result["losses"] or [0.0])[0],
-                   "train_loss_last": (result["losses"] or [0.0])[-1],
-                   "learning_rate": iteration_lr(recipe.training, t), "train_seconds": result["seconds"],
+                   "train_steps": trained["steps"], "train_loss_first": (trained["losses"] or [0.0])[0],
+                   "train_loss_last": (trained["losses"] or [0.0])[-1],
+                   "learning_rate": trained.get("learning_rate", iteration_lr(recipe.training, t)),
+                   "train_seconds": trained["seconds"],
                    "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(), "check": summary}
             if holdout:
                 row["holdout"] = holdout

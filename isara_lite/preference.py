@@ -14,13 +14,16 @@ ordinary questions too, and training on positives alone only moves it along one 
 2. DPO with TRL's DPOTrainer on the LoRA, continuing from this iteration's SFT adapter, which is
    also the reference (TRL keeps a frozen copy of it), plus an NLL term on the
    chosen answers (sft_weight: RPO). TRL owns this loop (order, schedule, clipping); the adapter
-   is saved in the same PEFT layout, atomically, as SFT's.
+   is saved in the same PEFT layout, atomically, as SFT's. With replaces_sft there is no SFT step:
+   DPO continues from the previous iteration's adapter (the untrained model in iteration 1), and
+   with balance the rarer chosen kind is repeated so both kinds weigh the same.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import time
 from pathlib import Path
@@ -103,6 +106,18 @@ def build_pairs(backend, renderer, seeds, kept, embedder, recipe, t: int, path: 
     return done
 
 
+def balanced(pairs: list[dict], seed: int) -> list[dict]:
+    """The pairs with the rarer chosen kind repeated until both kinds are as many: whole copies, then a
+    seeded draw for the rest. About 70% of the pairs choose the answer (README, Results), so unweighted
+    DPO mostly lowers refusal everywhere."""
+    kinds = [[p for p in pairs if is_refusal(p["chosen"]) == k] for k in (True, False)]
+    few, many = sorted(kinds, key=len)
+    if not few:
+        return pairs
+    extra = few * (len(many) // len(few) - 1) + random.Random(seed).sample(few, len(many) % len(few))
+    return pairs + extra
+
+
 def train_dpo(base, tok, pairs: list[dict], pref, train, learning_rate: float, adapter_in: Path | None,
               adapter_out: Path, seed: int, device: str, bf16: bool, on_step=None):
     """DPO (+ NLL on chosen) with TRL on a LoRA over `base`; returns (model with the trained adapter
@@ -171,6 +186,9 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
     if not pairs:
         raise IsaraError(f"{it / 'pairs.jsonl'}: no contrastive pair survived (every second answer was of the "
                          f"first one's kind); turn preference.enabled off for this recipe")
+    distinct, refusal_chosen = len(pairs), sum(is_refusal(r["chosen"]) for r in pairs)
+    if recipe.preference.balance:
+        pairs = balanced(pairs, seed_for(recipe.seed, t, 0, "balance"))
     lr = recipe.preference.learning_rate * recipe.training.lr_decay ** (t - 1)
     steps = math.ceil(len(pairs) / recipe.preference.batch_size) * recipe.preference.epochs
     with ui.stage(f"iteration {t}: preference step on {len(pairs)} pairs", steps) as update:
@@ -178,7 +196,8 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
             update(1, loss=f"{loss:.3f}", lr=f"{lr_now:.1e}")
 
         result = backend.train_preference(pairs, recipe.preference, recipe.training, lr, adapter_in, adapter_out, on_step)
-    out = {"items": len(rows), "pairs": len(pairs), "refusal_chosen": sum(is_refusal(r["chosen"]) for r in pairs), "steps": result.steps, "losses": result.losses,
+    out = {"items": len(rows), "pairs": distinct, "repeated": len(pairs) - distinct,
+           "refusal_chosen": refusal_chosen, "steps": result.steps, "losses": result.losses,
            "learning_rate": lr, "seconds": result.seconds}
     atomic_write_json(record, out)
     return out

@@ -86,6 +86,10 @@ class PreferenceConfig:
     learning_rate: float = opt(1e-4, "learning rate of iteration 1; decays like training.lr_decay")
     epochs: int = opt(1, "passes over the pairs")
     batch_size: int = opt(8, "pairs per optimizer step")
+    replaces_sft: bool = opt(False, "DPO instead of SFT: each iteration trains the preference step alone, from the "
+                                    "last iteration's adapter, which is also DPO's reference")
+    balance: bool = opt(False, "repeat the pairs of the rarer chosen kind (refusal or answer) until both kinds are "
+                               "as many, so DPO weighs them equally")
 
 
 @dataclass
