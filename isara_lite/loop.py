@@ -156,6 +156,9 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
         it = run.it(t)
         if run.done(t):
             kept = [Sample.from_dict(d) for d in read_jsonl_tolerant(it / "kept.jsonl")]
+            answered = [it / "check.jsonl"] * bool(harmful or benign) + [it / "holdout.jsonl"] * bool(held)
+            if not all(f.is_file() for f in answered):  # a removed check is answered again by this iteration's model
+                backend.load(run.adapter(t))
             rows.append(json.loads((it / "metrics.json").read_text()))
             check(t, f"iteration {t}")
             held_out(t, f"iteration {t}")

@@ -111,6 +111,21 @@ def test_a_full_disk_is_a_one_line_error(tmp_path):
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_a_removed_check_is_answered_again_by_its_own_iterations_model(finished, tmp_path):
+    """Deleting a finished iteration's check.jsonl (after changing the check prompts, say) and resuming
+    answers it again with that iteration's adapter, not with whatever model the resume loaded last."""
+    import shutil
+
+    recipe, reference, _ = finished
+    before = read_jsonl_tolerant(reference / "iter_1" / "check.jsonl")
+    assert before != read_jsonl_tolerant(reference / "iter_0" / "check.jsonl")  # else this could not tell
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "iter_1" / "check.jsonl").unlink()
+    align(recipe, out, resume=True)
+    assert read_jsonl_tolerant(out / "iter_1" / "check.jsonl") == before
+
+
 def test_resume_names_the_keys_of_a_recipe_saved_by_another_version(finished, tmp_path):
     """Keys added since a run started count as their defaults; a key since removed is named."""
     import shutil
