@@ -106,7 +106,7 @@ def build_pairs(backend, renderer, seeds, kept, embedder, recipe, t: int, path: 
     return done
 
 
-def balanced(pairs: list[dict], seed: int) -> list[dict]:
+def balance_kinds(pairs: list[dict], seed: int) -> list[dict]:
     """The pairs with the rarer chosen kind repeated until both kinds are as many: whole copies, then a
     seeded draw for the rest. About 70% of the pairs choose the answer (README, Results), so unweighted
     DPO mostly lowers refusal everywhere."""
@@ -188,7 +188,7 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
                          f"first one's kind); turn preference.enabled off for this recipe")
     distinct, refusal_chosen = len(pairs), sum(is_refusal(r["chosen"]) for r in pairs)
     if recipe.preference.balance:
-        pairs = balanced(pairs, seed_for(recipe.seed, t, 0, "balance"))
+        pairs = balance_kinds(pairs, seed_for(recipe.seed, t, 0, "balance"))
     lr = recipe.preference.learning_rate * recipe.training.lr_decay ** (t - 1)
     steps = math.ceil(len(pairs) / recipe.preference.batch_size) * recipe.preference.epochs
     with ui.stage(f"iteration {t}: preference step on {len(pairs)} pairs", steps) as update:
@@ -198,6 +198,7 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
         result = backend.train_preference(pairs, recipe.preference, recipe.training, lr, adapter_in, adapter_out, on_step)
     out = {"items": len(rows), "pairs": distinct, "repeated": len(pairs) - distinct,
            "refusal_chosen": refusal_chosen, "steps": result.steps, "losses": result.losses,
-           "learning_rate": lr, "seconds": result.seconds}
+           "learning_rate": lr, "seconds": result.seconds, "beta": recipe.preference.beta,
+           "balance": recipe.preference.balance, "started_from": str(adapter_in) if adapter_in else None}
     atomic_write_json(record, out)
     return out

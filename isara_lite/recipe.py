@@ -76,20 +76,22 @@ class TrainConfig:
 
 @dataclass
 class PreferenceConfig:
-    enabled: bool = opt(False, "not in the paper: after each iteration's SFT, DPO on pairs the model writes itself, "
+    enabled: bool = opt(False, "not in the paper: after each iteration's SFT (or instead of it: replaces_sft), DPO on "
+                               "pairs the model writes itself, "
                                "one answer from refusal seeds and one from helpful seeds; the seeds' question "
                                "classifier picks the chosen one (README, Deviations)")
     seed_pairs: bool = opt(True, "also pair each seed's own answer (chosen) with the model's answer to its question "
                                  "from the other kind's demonstrations (rejected)")
-    beta: float = opt(0.1, "DPO beta: how strongly the log-ratio to the SFT adapter is held")
+    beta: float = opt(0.1, "DPO beta: how strongly the log-ratio to the reference (the adapter DPO starts from) is held")
     sft_weight: float = opt(1.0, "weight of the NLL on chosen answers added to the DPO loss (RPO); 0: plain DPO")
     learning_rate: float = opt(1e-4, "learning rate of iteration 1; decays like training.lr_decay")
     epochs: int = opt(1, "passes over the pairs")
     batch_size: int = opt(8, "pairs per optimizer step")
-    replaces_sft: bool = opt(False, "DPO instead of SFT: each iteration trains the preference step alone, from the "
-                                    "last iteration's adapter, which is also DPO's reference")
-    balance: bool = opt(False, "repeat the pairs of the rarer chosen kind (refusal or answer) until both kinds are "
-                               "as many, so DPO weighs them equally")
+    replaces_sft: bool = opt(False, "with enabled: DPO instead of SFT; each iteration trains the preference step alone, "
+                                    "from the last iteration's adapter (the untrained model in iteration 1), which is "
+                                    "also DPO's reference; the metrics' train_* fields are then DPO's")
+    balance: bool = opt(False, "with enabled: repeat the pairs of the rarer chosen kind (refusal or answer) until both "
+                               "kinds are as many, so DPO weighs them equally")
 
 
 @dataclass

@@ -10,8 +10,8 @@ runs/<name>/
   iter_0/check.jsonl, metrics.json       the base model's built-in check
   iter_t/candidates.jsonl  every candidate with its demos and filter verdicts, appended per batch
   iter_t/kept.jsonl        pool P_t
-  iter_t/train.json        step 4's record, written after its adapter
-  iter_t/sft_adapter/      with preference.enabled: the SFT adapter, then
+  iter_t/train.json        step 4's record, written after its adapter (none with preference.replaces_sft)
+  iter_t/sft_adapter/      with preference.enabled: the SFT adapter (none with replaces_sft), then
   iter_t/pairs.jsonl, preference.json   the preference step's pairs and record (preference.py)
   iter_t/adapter/          PEFT LoRA after iteration t (+ gate.json with gate.enabled)
   iter_t/check.jsonl, holdout.jsonl, metrics.json       metrics.json marks the iteration done

@@ -118,39 +118,42 @@ def test_align_with_the_preference_step_and_resume(tmp_path, repo):
 
 
 def test_balance_repeats_the_rarer_chosen_kind_until_both_are_as_many():
-    from isara_lite.preference import balanced
+    from isara_lite.preference import balance_kinds
 
     refuse = [{"id": f"r{i}", "chosen": REFUSAL, "rejected": HELPFUL} for i in range(3)]
     answer = [{"id": f"a{i}", "chosen": HELPFUL, "rejected": REFUSAL} for i in range(8)]
-    out = balanced(answer + refuse, seed=1)
+    out = balance_kinds(answer + refuse, seed=1)
     assert out[:11] == answer + refuse  # the pairs themselves first, in order
     assert sum(p["chosen"] == REFUSAL for p in out) == sum(p["chosen"] == HELPFUL for p in out) == 8
     counts = sorted(sum(p["id"] == r["id"] for p in out) for r in refuse)
     assert counts == [2, 3, 3]  # each of the three twice, then two drawn
-    assert balanced(answer + refuse, seed=1) == out and balanced(answer, seed=1) == answer
-    assert balanced(answer[:3] + refuse, seed=1) == answer[:3] + refuse
+    assert balance_kinds(answer + refuse, seed=1) == out and balance_kinds(answer, seed=1) == answer
+    assert balance_kinds(answer[:3] + refuse, seed=1) == answer[:3] + refuse
 
 
 def test_align_with_dpo_instead_of_sft(tmp_path, repo):
-    """preference.replaces_sft: no SFT stage at all; the iteration's adapter is the preference step's,
-    trained from the previous iteration's adapter (none in iteration 1), and its steps are the ones
-    the metrics report."""
+    """preference.replaces_sft: no SFT stage at all; each iteration's adapter is the preference step's,
+    trained from the previous iteration's adapter (none in iteration 1), with the pairs balanced, and
+    its steps are the ones the metrics report."""
     from conftest import TINY
     from isara_lite.loop import align
     from isara_lite.recipe import load_recipe
 
     recipe = load_recipe(repo / "recipes" / "quickstart.yaml",
                          [*TINY, "preference.enabled=true", "preference.replaces_sft=true", "preference.balance=true",
-                          "preference.seed_pairs=false", "generation.batch_size=4"])
+                          "generation.batch_size=4", "iterations=2"])
     out = tmp_path / "run"
     summary = align(recipe, out)
-    it = out / "iter_1"
-    assert not (it / "sft_adapter").exists() and not (it / "train.json").exists()
-    assert (it / "adapter" / "adapter_model.safetensors").is_file()
-    record = json.loads((it / "preference.json").read_text())
-    row = summary["iterations"][0]
-    assert row["train_steps"] == record["steps"] > 0 and row["learning_rate"] == record["learning_rate"]
-    assert record["refusal_chosen"] <= record["pairs"]
+    for t, started in ((1, None), (2, str(out / "iter_1" / "adapter"))):
+        it = out / f"iter_{t}"
+        assert not (it / "sft_adapter").exists() and not (it / "train.json").exists()
+        assert (it / "adapter" / "adapter_model.safetensors").is_file()
+        record = json.loads((it / "preference.json").read_text())
+        assert record["started_from"] == started and record["balance"] is True
+        row = summary["iterations"][t - 1]
+        assert row["train_steps"] == record["steps"] > 0 and row["learning_rate"] == record["learning_rate"]
+        refuse, answer = record["refusal_chosen"], record["pairs"] - record["refusal_chosen"]
+        assert record["repeated"] == (abs(answer - refuse) if refuse and answer else 0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlx_lm") is None, reason="mlx-lm is not installed")
