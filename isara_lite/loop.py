@@ -143,25 +143,33 @@ def _align(recipe: Recipe, run: RunDir, card, renderer: Renderer, seeds, held, h
                                                        "by": f"{len(held)} held-out seeds (selection.py)"})
         return summary
 
+    def recheck(t: int, adapter_t, label: str) -> dict:
+        """A finished iteration's answer sets on resume: read back, or, where one was removed (to check
+        again on new prompts, say), answered again by this iteration's model and its metrics updated."""
+        answered = [run.it(t) / "check.jsonl"] * bool(harmful or benign) + [run.it(t) / "holdout.jsonl"] * bool(held)
+        again = not all(f.is_file() for f in answered)
+        if again:
+            backend.load(adapter_t)
+        row = json.loads((run.it(t) / "metrics.json").read_text())
+        fresh = {"check": check(t, label), "holdout": held_out(t, label)}
+        if again:
+            row.update({k: v for k, v in fresh.items() if v is not None})
+            atomic_write_json(run.it(t) / "metrics.json", row)
+        return row
+
     if not run.done(0):
         backend.load(None)
         atomic_write_json(run.it(0) / "metrics.json", {"iteration": 0, "check": check(0, "base"),
                                                        "holdout": held_out(0, "base")})
     else:
-        check(0, "base")
-        held_out(0, "base")
+        recheck(0, None, "base")
 
     rows, adapter = [], None
     for t in range(1, recipe.iterations + 1):
         it = run.it(t)
         if run.done(t):
             kept = [Sample.from_dict(d) for d in read_jsonl_tolerant(it / "kept.jsonl")]
-            answered = [it / "check.jsonl"] * bool(harmful or benign) + [it / "holdout.jsonl"] * bool(held)
-            if not all(f.is_file() for f in answered):  # a removed check is answered again by this iteration's model
-                backend.load(run.adapter(t))
-            rows.append(json.loads((it / "metrics.json").read_text()))
-            check(t, f"iteration {t}")
-            held_out(t, f"iteration {t}")
+            rows.append(recheck(t, run.adapter(t), f"iteration {t}"))
             ui.log(f"iteration {t}: already done, {len(kept)} kept")
         else:
             t0 = time.time()

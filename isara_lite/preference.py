@@ -15,8 +15,8 @@ ordinary questions too, and training on positives alone only moves it along one 
    also the reference (TRL keeps a frozen copy of it), plus an NLL term on the
    chosen answers (sft_weight: RPO). TRL owns this loop (order, schedule, clipping); the adapter
    is saved in the same PEFT layout, atomically, as SFT's. With replaces_sft there is no SFT step:
-   DPO continues from the previous iteration's adapter (the untrained model in iteration 1), and
-   with balance the rarer chosen kind is repeated so both kinds weigh the same.
+   DPO continues from the previous iteration's adapter (the untrained model in iteration 1). In
+   either mode, balance repeats the rarer chosen kind so both kinds weigh the same.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class PreferenceConfig:
     epochs: int = opt(1, "passes over the pairs")
     batch_size: int = opt(8, "pairs per optimizer step")
     replaces_sft: bool = opt(False, "with enabled: DPO instead of SFT; each iteration trains the preference step alone, "
-                                    "from the last iteration's adapter (the untrained model in iteration 1), which is "
+                                    "from the previous iteration's adapter (the untrained model in iteration 1), which is "
                                     "also DPO's reference; the metrics' train_* fields are then DPO's")
     balance: bool = opt(False, "with enabled: repeat the pairs of the rarer chosen kind (refusal or answer) until both "
                                "kinds are as many, so DPO weighs them equally")

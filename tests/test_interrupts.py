@@ -114,6 +114,7 @@ def test_a_full_disk_is_a_one_line_error(tmp_path):
 def test_a_removed_check_is_answered_again_by_its_own_iterations_model(finished, tmp_path):
     """Deleting a finished iteration's check.jsonl (after changing the check prompts, say) and resuming
     answers it again with that iteration's adapter, not with whatever model the resume loaded last."""
+    import json
     import shutil
 
     recipe, reference, _ = finished
@@ -122,8 +123,14 @@ def test_a_removed_check_is_answered_again_by_its_own_iterations_model(finished,
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     (out / "iter_1" / "check.jsonl").unlink()
-    align(recipe, out, resume=True)
+    metrics = json.loads((out / "iter_1" / "metrics.json").read_text())
+    metrics["check"] = {"stale": True}  # as if written for other prompts
+    (out / "iter_1" / "metrics.json").write_text(json.dumps(metrics))
+    summary = align(recipe, out, resume=True)
     assert read_jsonl_tolerant(out / "iter_1" / "check.jsonl") == before
+    reread = json.loads((reference / "iter_1" / "metrics.json").read_text())["check"]
+    assert json.loads((out / "iter_1" / "metrics.json").read_text())["check"] == reread  # metrics follow the answers
+    assert summary["iterations"][0]["check"] == reread
 
 
 def test_resume_names_the_keys_of_a_recipe_saved_by_another_version(finished, tmp_path):
