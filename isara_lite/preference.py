@@ -110,7 +110,7 @@ def balance_kinds(pairs: list[dict], seed: int) -> list[dict]:
     """The pairs with the rarer chosen kind repeated until both kinds are as many: whole copies, then a
     seeded draw for the rest. About 70% of the pairs choose the answer (README, Results), so unweighted
     DPO mostly lowers refusal everywhere."""
-    kinds = [[p for p in pairs if is_refusal(p["chosen"]) == k] for k in (True, False)]
+    kinds = [[p for p in pairs if p["refuse"] == k] for k in (True, False)]  # the seeds' verdict: refusal chosen
     few, many = sorted(kinds, key=len)
     if not few:
         return pairs
@@ -186,7 +186,7 @@ def preference_stage(backend, renderer, seeds, kept, embedder, recipe, t: int, a
     if not pairs:
         raise IsaraError(f"{it / 'pairs.jsonl'}: no contrastive pair survived (every second answer was of the "
                          f"first one's kind); turn preference.enabled off for this recipe")
-    distinct, refusal_chosen = len(pairs), sum(is_refusal(r["chosen"]) for r in pairs)
+    distinct, refusal_chosen = len(pairs), sum(r["refuse"] for r in pairs)
     if recipe.preference.balance:
         pairs = balance_kinds(pairs, seed_for(recipe.seed, t, 0, "balance"))
     lr = recipe.preference.learning_rate * recipe.training.lr_decay ** (t - 1)

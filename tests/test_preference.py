@@ -120,8 +120,8 @@ def test_align_with_the_preference_step_and_resume(tmp_path, repo):
 def test_balance_repeats_the_rarer_chosen_kind_until_both_are_as_many():
     from isara_lite.preference import balance_kinds
 
-    refuse = [{"id": f"r{i}", "chosen": REFUSAL, "rejected": HELPFUL} for i in range(3)]
-    answer = [{"id": f"a{i}", "chosen": HELPFUL, "rejected": REFUSAL} for i in range(8)]
+    refuse = [{"id": f"r{i}", "refuse": True, "chosen": REFUSAL, "rejected": HELPFUL} for i in range(3)]
+    answer = [{"id": f"a{i}", "refuse": False, "chosen": HELPFUL, "rejected": REFUSAL} for i in range(8)]
     out = balance_kinds(answer + refuse, seed=1)
     assert out[:11] == answer + refuse  # the pairs themselves first, in order
     assert sum(p["chosen"] == REFUSAL for p in out) == sum(p["chosen"] == HELPFUL for p in out) == 8
