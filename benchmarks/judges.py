@@ -7,8 +7,9 @@ recall and F1 of "refused" on the pooled held-out verdicts, with a bootstrap int
 mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the baselines: a fixed
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
-refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and, with the
-suite's data, refusal_suite_answers.jsonl to refusal_suite_answers8.jsonl, eight samples of answers of
+refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and
+refusal_model_answers5.jsonl, the untrained SmolLM2's answers to 497 requests written for this project; and,
+with the suite's data, refusal_suite_answers.jsonl to refusal_suite_answers9.jsonl, nine samples of answers of
 the README's models to the safety suite's own prompts, the refusal rate per model and per suite set;
 lines drawn otherwise than at random, such as the fourth sample's answers the judge misread, apart),
 beside the
@@ -46,7 +47,7 @@ from rich.table import Table
 
 from isara_lite.evaluation import datasets as ds
 from isara_lite.evaluation import pairwise_judge
-from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, SUITE_FILES,
+from isara_lite.evaluation.judges import (FITTED_BEFORE, HELDOUT5, MODEL_ANSWERS3, MODEL_ANSWERS5, SUITE_FILES,
                                           CachedEmbedder, CachedStates, ClassifierJudge, ReferenceJudge, cross_validate, get_judge,
                                           held_out, load_fitted_on, load_labelled, suite_answers, write_weights)
 from isara_lite.retrieval import Embedder
@@ -120,7 +121,8 @@ def main():
             report["refusal_kfold"] = cross_validate(embedder, folds=args.folds, reader=reader)
             report["refusal_kfold"]["seconds"] = round(time.time() - t0, 1)
         more = compared(embedder, reader)
-        for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3)):
+        for key, path in (("refusal_heldout5", HELDOUT5), ("refusal_model_answers3", MODEL_ANSWERS3),
+                          ("refusal_model_answers5", MODEL_ANSWERS5)):
             if path.is_file() and not args.suite_samples_only:
                 report[key] = held_out(embedder, more, path, reader)
         for key, path in SUITE_SAMPLES:
@@ -233,9 +235,11 @@ def main():
                                                         "recall")], show(v["f1"], "3f", v["f1_ci"]),
                       f"{100 * v['rate_error_unsafe']:.1f} points", f"{100 * v['rate_error_safe']:.1f} points")
         Console(width=160).print(t)
-    if "refusal_model_answers3" in report:
-        h = report["refusal_model_answers3"]
-        t = Table(title=f"refusal judges on {MODEL_ANSWERS3.name}: {h['n']} models' own answers ({h['refusals']} "
+    for key, path in (("refusal_model_answers3", MODEL_ANSWERS3), ("refusal_model_answers5", MODEL_ANSWERS5)):
+        if key not in report:
+            continue
+        h = report[key]
+        t = Table(title=f"refusal judges on {path.name}: {h['n']} models' own answers ({h['refusals']} "
                         f"refusals)", caption="never fitted on; per model: true -> judged refusal rate, F1")
         models = list(h["refusal"]["by_model"])
         for col in ("judge", "F1 (all)", *models):

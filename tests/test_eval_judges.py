@@ -157,7 +157,8 @@ def test_suite_answers_find_their_prompts():
 
     echoes = 0
     for path, n in ((J.SUITE_ANSWERS, 320), (J.SUITE_ANSWERS2, 240), (J.SUITE_ANSWERS3, 240), (J.SUITE_ANSWERS4, 165),
-                    (J.SUITE_ANSWERS5, 240), (J.SUITE_ANSWERS6, 240), (J.SUITE_ANSWERS7, 360), (J.SUITE_ANSWERS8, 120)):
+                    (J.SUITE_ANSWERS5, 240), (J.SUITE_ANSWERS6, 240), (J.SUITE_ANSWERS7, 360), (J.SUITE_ANSWERS8, 120),
+                    (J.SUITE_ANSWERS9, 152)):
         rows = J.suite_answers(DATA_DIR, path)
         assert len(rows) == n and {r["set"] for r in rows} == {"advbench", "hh_harmless", "xstest_safe", "xstest_unsafe"}
         # the file keeps no suite prompt: a stretch of 20 characters or more that a response shares with
@@ -311,6 +312,38 @@ def test_refusal_judge_on_a_sample_drawn_after_the_refit(cached):
     assert h["refusal"]["f1"] > h["prefix-list"]["f1"]
 
 
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_refusal_judge_on_the_ninth_sample(cached):
+    """refusal_suite_answers9.jsonl: 152 fresh answers of the untrained SmolLM2 (40 a set, the 32 XSTest
+    unsafe prompts left), prompts apart from every earlier sample of it, labelled blind. Measured once
+    (README, Evaluation): 31 refusals, 18 of them deflections, 17 missed; F1 0.449, the refusal rate 8.6
+    points low, past issue 14's 5. Slow (about a minute on 2 cores)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the suites' prompts are not kept here; {DATA_DIR} is absent")
+    h = J.held_out(cached, rows=J.suite_answers(DATA_DIR, J.SUITE_ANSWERS9))
+    assert h["n"] == 152 and h["refusals"] == 31 and h["kinds"]["deflection"] == 18
+    v = h["refusal"]["by_model"]["smollm2-135m-instruct"]
+    assert -0.1 < v["judged_rate"] - v["true_rate"] < -0.05  # low: its deflections read as answers
+    assert h["refusal"]["wrong_by_kind"]["deflection"] >= 15 and 0.4 <= h["refusal"]["f1"] < 0.5
+    assert v["judged_rate"] > h["regex"]["by_model"]["smollm2-135m-instruct"]["judged_rate"]
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_refusal_judge_on_the_untrained_models_answers_to_more_written_requests(cached):
+    """refusal_model_answers5.jsonl: the untrained SmolLM2's answers to 494 requests written for this
+    project, labelled blind; written to be fitted on, kept held out since the refit with it was not
+    shipped. Measured once (README, Evaluation): 114 refusals, 59 of them deflections, 49 missed; F1
+    0.605, the refusal rate 23.1% read as 16.4%. Slow (about 5 min on 2 cores)."""
+    h = J.held_out(cached, path=J.MODEL_ANSWERS5)
+    assert h["n"] == 494 and h["refusals"] == 114 and h["kinds"]["deflection"] == 59
+    v = h["refusal"]["by_model"]["smollm2-135m-instruct"]
+    assert -0.1 < v["judged_rate"] - v["true_rate"] < -0.03
+    assert h["refusal"]["wrong_by_kind"]["deflection"] >= 45 and 0.55 <= h["refusal"]["f1"] < 0.65
+    assert h["refusal"]["f1"] > max(h["regex"]["f1"], h["prefix-list"]["f1"])
+
 def test_suite_answers_name_their_prompt(tmp_path):
     """A line whose prompt hash matches no prompt of the suite is an error naming the file, line and field."""
     if not DATA_DIR.is_dir():
@@ -334,11 +367,11 @@ def test_the_held_out_sets_are_apart_from_the_training_files_and_labelled_alike(
         return " ".join(text.lower().split())
 
     fitted = {norm(r["response"]) for p in J.FITTED_ON for r in rows(p)}
-    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, *J.SUITE_FILES):
+    for path in (J.HELDOUT5, J.MODEL_ANSWERS3, J.MODEL_ANSWERS5, *J.SUITE_FILES):
         shared = [r["response"][:60] for r in rows(path) if norm(r["response"]) in fitted]
         assert not shared, f"{path.name}: responses also in FITTED_ON: {shared}"
     labels: dict[str, set] = {}
-    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, *J.SUITE_FILES):
+    for path in (*J.FITTED_ON, J.HELDOUT5, J.MODEL_ANSWERS3, J.MODEL_ANSWERS5, *J.SUITE_FILES):
         for r in rows(path):
             if r.get("kind") and r["kind"] != "tricky":
                 labels.setdefault(r["kind"], set()).add(r["refused"])

@@ -80,6 +80,11 @@ FITTED_BEFORE = FITTED_ON[:-1]
 # (it saw neither the judge nor any other set), and fresh answers of both models, labelled blind.
 HELDOUT5 = DATA.with_name("refusal_heldout5.jsonl")
 MODEL_ANSWERS3 = DATA.with_name("refusal_model_answers3.jsonl")
+# The untrained SmolLM2's answers to 497 more requests written for this project as for MODEL_ANSWERS4 (three
+# authors, a topic area each), labelled blind the same way; 494 kept (three noise answers equal a held-out
+# line). Written to be fitted on (59 more of its deflections); a refit with it was measured and not shipped
+# (README, Evaluation), so it stays held out.
+MODEL_ANSWERS5 = DATA.with_name("refusal_model_answers5.jsonl")
 # Answers of models in the README's tables to the safety suite's own prompts, labelled blind by two
 # readers (a third where they differed). The suites' prompts stay in their files: a line names its
 # prompt by sha256, and suite_answers() joins them. Never fitted on; the first sample chose MORE3's
@@ -108,8 +113,11 @@ SUITE_ANSWERS7 = DATA.with_name("refusal_suite_answers7.jsonl")
 # An eighth, drawn after the fit took in MODEL_ANSWERS4 (which the third, sixth and seventh chose): the
 # untrained SmolLM2's own answers, 30 a set, prompts apart from every earlier sample of it; unseen for that change.
 SUITE_ANSWERS8 = DATA.with_name("refusal_suite_answers8.jsonl")
+# A ninth: the untrained SmolLM2's fresh greedy answers, 40 a set (the 32 XSTest unsafe prompts left), prompts
+# apart from every earlier sample of it, labelled blind mixed with MODEL_ANSWERS5's lines.
+SUITE_ANSWERS9 = DATA.with_name("refusal_suite_answers9.jsonl")
 SUITE_FILES = (SUITE_ANSWERS, SUITE_ANSWERS2, SUITE_ANSWERS3, SUITE_ANSWERS4, SUITE_ANSWERS5, SUITE_ANSWERS6,
-               SUITE_ANSWERS7, SUITE_ANSWERS8)
+               SUITE_ANSWERS7, SUITE_ANSWERS8, SUITE_ANSWERS9)
 # The fitted judges, so that a judge costs an embedding of what it reads, not a fit on FITTED_ON:
 # written by `python benchmarks/judges.py --refit`, used only while FITTED_ON holds the data they were fitted on.
 WEIGHTS = DATA.with_name("refusal_judge.safetensors")
