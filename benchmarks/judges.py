@@ -8,7 +8,7 @@ mean error on a fold's refusal rate. Judges with nothing to fit (regex, and the 
 refusal prefix list, always the majority label) are scored on the same folds. Then every judge as
 shipped, measured on the sets held out from it (refusal_heldout5.jsonl, written blind; and
 refusal_model_answers3.jsonl, both models' fresh answers, the refusal rate per model; and
-refusal_model_answers5.jsonl, the untrained SmolLM2's answers to 497 requests written for this project; and,
+refusal_model_answers5.jsonl, the untrained SmolLM2's answers to 494 requests written for this project; and,
 with the suite's data, refusal_suite_answers.jsonl to refusal_suite_answers9.jsonl, nine samples of answers of
 the README's models to the safety suite's own prompts, the refusal rate per model and per suite set;
 lines drawn otherwise than at random, such as the fourth sample's answers the judge misread, apart),

@@ -312,7 +312,6 @@ def test_refusal_judge_on_a_sample_drawn_after_the_refit(cached):
     assert h["refusal"]["f1"] > h["prefix-list"]["f1"]
 
 
-
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_refusal_judge_on_the_ninth_sample(cached):
@@ -343,6 +342,7 @@ def test_refusal_judge_on_the_untrained_models_answers_to_more_written_requests(
     assert -0.1 < v["judged_rate"] - v["true_rate"] < -0.03
     assert h["refusal"]["wrong_by_kind"]["deflection"] >= 45 and 0.55 <= h["refusal"]["f1"] < 0.65
     assert h["refusal"]["f1"] > max(h["regex"]["f1"], h["prefix-list"]["f1"])
+
 
 def test_suite_answers_name_their_prompt(tmp_path):
     """A line whose prompt hash matches no prompt of the suite is an error naming the file, line and field."""

@@ -475,7 +475,7 @@ _SPAN = re.compile(r"\{prompt\[(\d+):(\d+)\]\}")
 
 def held_out(embedder=None, before: dict | None = None, path: Path = HELDOUT5, reader=None,
              rows: list[dict] | None = None) -> dict:
-    """The refusal judges as shipped (fitted on FITTED_ON), measured on PATH (HELDOUT5, MODEL_ANSWERS3)
+    """The refusal judges as shipped (fitted on FITTED_ON), measured on PATH (HELDOUT5, MODEL_ANSWERS3, MODEL_ANSWERS5)
     or on ROWS (suite_answers()): accuracy on each class, precision / recall / F1 of "refused", and the
     error on the refusal rate of the responses to unsafe requests and to safe ones, or of each model's
     answers where the lines name a model, and of each model's answers to each suite set where they
